@@ -1,0 +1,159 @@
+"""``nginx-manager-agent``: argument parsing, logging, signals and the main loop.
+
+The only module that decides exit codes (see :mod:`agent.exit_codes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from agent import exit_codes
+from agent.version import VERSION
+
+if TYPE_CHECKING:
+    from agent.nginx import NginxReport
+
+log = logging.getLogger("agent")
+
+PROG = "nginx-manager-agent"
+DEFAULT_HEALTH_ADDR = "127.0.0.1:8091"
+DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) to a pair; port 0 asks for any free port."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port_text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="The NGINX Manager Agent.")
+    parser.add_argument("--version", action="version", version=VERSION)
+    parser.add_argument("command", nargs="?", choices=["run"], default="run")
+    parser.add_argument(
+        "--health-addr",
+        type=parse_host_port,
+        default=DEFAULT_HEALTH_ADDR,
+        metavar="HOST:PORT",
+        help=f"address of the GET /healthz endpoint (default {DEFAULT_HEALTH_ADDR})",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=_positive_seconds,
+        default=DEFAULT_HEARTBEAT_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"seconds between heartbeat lines (default {DEFAULT_HEARTBEAT_INTERVAL_S:g})",
+    )
+    return parser
+
+
+def configure_logging() -> None:
+    """One line per event on stderr: ``2026-11-28T00:00:00Z agent INFO message``."""
+    formatter = logging.Formatter(
+        "%(asctime)s agent %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ"
+    )
+    formatter.converter = time.gmtime
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def install_stop_handlers(stop: threading.Event, received: list[str]) -> None:
+    """SIGTERM and SIGINT only record; the main loop acts. Explicit, so PID 1 works too."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def log_nginx(report: NginxReport) -> None:
+    if report.path is None:
+        log.info("nginx not found on PATH; carrying on without it")
+    elif report.config_ok is None:
+        log.warning("nginx at %s could not be probed: %s", report.path, report.detail)
+    else:
+        log.info("nginx found at %s: %s", report.path, report.version or "version unknown")
+        if report.config_ok:
+            log.info("nginx config test passed: %s", report.detail)
+        else:
+            log.warning("nginx config test failed: %s", report.detail)
+
+
+def _probe_in_background() -> None:
+    def probe() -> None:
+        from agent.nginx import probe_nginx  # noqa: PLC0415 (only when running)
+
+        try:
+            log_nginx(probe_nginx())
+        except Exception:
+            log.exception("nginx probe failed")
+
+    threading.Thread(target=probe, name="nginx-probe", daemon=True).start()
+
+
+def run(health_addr: tuple[str, int], heartbeat_interval_s: float) -> int:
+    # Imported here so that `--version` (the launcher's preflight) starts without http.server.
+    from agent.health import HealthServer  # noqa: PLC0415
+
+    stop = threading.Event()
+    received: list[str] = []
+    install_stop_handlers(stop, received)
+    started = time.monotonic()
+    log.info("%s %s starting (pid %d)", PROG, VERSION, os.getpid())
+    host, port = health_addr
+    try:
+        server = HealthServer(host, port, VERSION)
+    except OSError as exc:
+        log.error("cannot bind health address %s:%d: %s", host, port, exc)
+        return exit_codes.STARTUP_FAILURE
+    server.start()
+    log.info("health endpoint listening on %s", server.url)
+    _probe_in_background()
+    try:
+        while not stop.wait(heartbeat_interval_s):
+            log.info("heartbeat: version %s, uptime %.1fs", VERSION, time.monotonic() - started)
+    finally:
+        server.stop()
+    log.info("stopping on %s", received[0] if received else "request")
+    log.info("%s %s stopped", PROG, VERSION)
+    return exit_codes.STOPPED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        return run(args.health_addr, args.heartbeat_interval)
+    except Exception:
+        log.exception("unexpected failure")
+        return exit_codes.FAILURE
