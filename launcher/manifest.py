@@ -1,0 +1,154 @@
+"""The release manifest (``version.json``): its model and its parsing.
+
+The wire format is the seed's, plus optional ``size``, ``expires`` and ``rollout``. Unknown
+fields are ignored so that newer servers do not break older launchers. pydantic and json
+errors are translated into :class:`ManifestError` here, in :func:`parse_manifest`, with one
+line that names the field at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
+
+from packaging.version import InvalidVersion, Version
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from launcher.errors import ExpiredError, ManifestError
+
+logger = logging.getLogger(__name__)
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_VERSION_ERROR = "manifest_version"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Binary(_Model):
+    """One platform's build: where to fetch it, its digest and, optionally, its size."""
+
+    url: Annotated[str, Field(min_length=1)]
+    sha256: str
+    size: Annotated[int | None, Field(default=None, gt=0, strict=True)] = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str) -> str:
+        normalised = value.lower()
+        if not _SHA256_RE.fullmatch(normalised):
+            raise ValueError("must be 64 hexadecimal characters")
+        return normalised
+
+
+class Rollout(_Model):
+    """A staged rollout: only hosts whose cohort is below ``percent`` take the release."""
+
+    percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+
+
+class Manifest(_Model):
+    """A release: its version and one binary per platform."""
+
+    version: str
+    release_date: str | None = None
+    binaries: dict[str, Binary]
+    expires: AwareDatetime | None = None
+    rollout: Rollout | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _valid_version(cls, value: str) -> str:
+        try:
+            Version(value)
+        except InvalidVersion:
+            raise PydanticCustomError(
+                _VERSION_ERROR,
+                "manifest version {version} is not a valid version",
+                {"version": repr(value)},
+            ) from None
+        return value
+
+    @property
+    def parsed_version(self) -> Version:
+        return Version(self.version)
+
+    def binary_for(self, platform: str) -> Binary:
+        try:
+            return self.binaries[platform]
+        except KeyError:
+            have = ", ".join(sorted(self.binaries)) or "none"
+            raise ManifestError(
+                f"manifest has no binary for platform {platform} (has: {have})"
+            ) from None
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate manifest bytes; every problem becomes a one-line ManifestError."""
+    try:
+        document = json.loads(data, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"manifest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest is not valid UTF-8 text: {exc.reason}") from exc
+    except ValueError as exc:  # NaN / Infinity, refused by _refuse_constant
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ManifestError(f"manifest is not a JSON object (got {type(document).__name__})")
+    try:
+        return Manifest.model_validate(document)
+    except ValidationError as exc:
+        raise ManifestError(_describe(exc)) from exc
+
+
+def check_not_expired(manifest: Manifest, now: datetime) -> None:
+    """Refuse a manifest whose ``expires`` is at or before ``now`` (naive ``now`` is UTC)."""
+    if manifest.expires is None:
+        return
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    if now >= manifest.expires:
+        raise ExpiredError(
+            f"manifest {manifest.version} expired at {_rfc3339(manifest.expires)}"
+            f" (now {_rfc3339(now)})"
+        )
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return _describe_one(first) + more
+
+
+def _describe_one(error: ErrorDetails) -> str:
+    if error["type"] == _VERSION_ERROR:
+        return error["msg"]
+    message = error["msg"]
+    ctx: dict[str, Any] = dict(error.get("ctx") or {})
+    if error["type"] == "value_error" and "error" in ctx:
+        message = str(ctx["error"])
+    location = ".".join(str(part) for part in error["loc"])
+    return f"manifest field '{location}': {message}"
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,152 @@
+"""Pure decisions of the update cycle: newer?, bad?, in the rollout?, and how long to wait.
+
+No I/O and no hidden state: every input is a value, randomness comes in as ``rng``, so each
+rule is tested by calling it.
+
+Back-off after failed checks uses *equal jitter*: with ``base = poll_interval * 2^(n-1)``
+(at most ``8 * poll_interval``) the delay is uniform in ``[base/2, base]``. The fleet spreads
+out, yet no retry comes sooner than half the nominal back-off. With ``jitter_s == 0`` nothing
+is random and the delay is exactly ``base``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from packaging.version import InvalidVersion, Version
+
+RETRY_AFTER_CAP_S = 3600.0
+_MAX_DOUBLINGS = 3  # 2**3: the back-off stops growing at 8 * poll_interval
+_COHORT_BUCKETS = 10_000_000  # cohorts are multiples of 1e-5 in [0, 100)
+
+Action = Literal["install", "update", "none"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a candidate release, and why, in words fit for a log line."""
+
+    action: Action
+    reason: str
+
+
+def decide(
+    candidate: str,
+    current: str | None,
+    *,
+    bad: Iterable[tuple[str, str]],
+    candidate_sha256: str,
+    cohort: float | None,
+    rollout_percent: float | None,
+) -> Decision:
+    """Decide whether to install or update to ``candidate``.
+
+    ``current`` is None when nothing is installed: then the candidate is installed unless it
+    is marked bad (a host with no agent takes the current release whatever the rollout).
+    Otherwise the candidate must be strictly newer, not marked bad (same version *and*
+    sha256), and admitted by the rollout (``cohort < percent``; no rollout admits all; a
+    host without a cohort is admitted only at 100%). Versions must be valid PEP 440 versions
+    (``InvalidVersion`` otherwise).
+    """
+    wanted = Version(candidate)
+    sha = candidate_sha256.lower()
+    bad_reason = f"{candidate} (sha256 {sha[:8]}…) is marked bad"
+    if current is None:
+        if is_bad(candidate, sha, bad):
+            return Decision("none", bad_reason)
+        return Decision("install", f"nothing installed: installing {candidate}")
+    if wanted <= Version(current):
+        return Decision("none", f"{candidate} is not newer than {current}")
+    if is_bad(candidate, sha, bad):
+        return Decision("none", bad_reason)
+    if not admitted(cohort, rollout_percent):
+        return Decision("none", _rollout_refusal(cohort, rollout_percent))
+    return Decision("update", f"{candidate} is newer than {current}")
+
+
+def is_bad(version: str, sha256: str, bad: Iterable[tuple[str, str]]) -> bool:
+    """True when (version, sha256) is on the bad list; a rebuild with a new hash is not."""
+    sha = sha256.lower()
+    return any(_same_version(version, v) and sha == s.lower() for v, s in bad)
+
+
+def admitted(cohort: float | None, rollout_percent: float | None) -> bool:
+    """Whether the rollout admits a host; raising the percent only ever adds hosts."""
+    if rollout_percent is None or rollout_percent >= 100:
+        return True
+    if cohort is None:
+        return False
+    return cohort < rollout_percent
+
+
+def cohort(host_id: str, version: str) -> float:
+    """This host's stable place in ``[0, 100)`` for a release: sha256 of ``host:version``."""
+    digest = hashlib.sha256(f"{host_id}:{version}".encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") % _COHORT_BUCKETS
+    return bucket * 100 / _COHORT_BUCKETS
+
+
+def first_poll_delay(jitter_s: float, rng: random.Random) -> float:
+    """Delay of the first poll after start: uniform in ``[0, jitter_s]``, 0 without jitter."""
+    if jitter_s <= 0:
+        return 0.0
+    return rng.uniform(0.0, jitter_s)
+
+
+def next_poll_delay(
+    poll_interval_s: float,
+    jitter_s: float,
+    consecutive_failures: int,
+    retry_after_s: float | None,
+    rng: random.Random,
+) -> float:
+    """Seconds until the next check (see the module docstring for the back-off rule).
+
+    A ``Retry-After`` from the server lengthens the delay, up to an hour; it never shortens
+    it.
+    """
+    if consecutive_failures < 0:
+        raise ValueError("consecutive_failures must be >= 0")
+    if consecutive_failures == 0:
+        delay = poll_interval_s + (rng.uniform(0.0, jitter_s) if jitter_s > 0 else 0.0)
+    else:
+        base = backoff_base(poll_interval_s, consecutive_failures)
+        delay = rng.uniform(base / 2, base) if jitter_s > 0 else base
+    if retry_after_s is not None:
+        delay = max(delay, min(max(retry_after_s, 0.0), RETRY_AFTER_CAP_S))
+    return delay
+
+
+def backoff_base(poll_interval_s: float, consecutive_failures: int) -> float:
+    """``poll_interval * 2^(n-1)``, at most ``8 * poll_interval``."""
+    doublings = min(consecutive_failures - 1, _MAX_DOUBLINGS)
+    return float(poll_interval_s * 2**doublings)
+
+
+def crash_restart_delay(
+    consecutive_crashes: int, base_s: float = 1.0, cap_s: float = 60.0
+) -> float:
+    """Delay before restarting a crashed child: 0, then base * 2^(n-1) capped (1, 2, 4 ... 60)."""
+    if consecutive_crashes <= 0:
+        return 0.0
+    exponent = min(consecutive_crashes - 1, 64)
+    return float(min(base_s * 2.0**exponent, cap_s))
+
+
+def _same_version(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return False
+
+
+def _rollout_refusal(cohort_value: float | None, percent: float | None) -> str:
+    if cohort_value is None:
+        return f"rollout at {percent:g}% and this host has no cohort"
+    return f"rollout at {percent:g}% does not include this host (cohort {cohort_value:.1f})"

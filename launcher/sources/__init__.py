@@ -1,0 +1,1 @@
+"""Where manifests come from: one module per kind of source."""

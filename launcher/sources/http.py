@@ -1,0 +1,245 @@
+"""The manifest over HTTP(S), and the one httpx client every update request goes through.
+
+:func:`make_client` builds the client: no environment (``trust_env=False``), at most five
+redirects, and, unless plain http is allowed, an https check on every request *before* it is
+sent — the configured URL and each redirect hop alike. :func:`transport_error` is the one
+place httpx exceptions become :class:`TransportError`; the download module uses it too.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from importlib import metadata
+
+import certifi
+import httpx
+
+from launcher.errors import ConfigError, InsecureError, ManifestError, TransportError
+from launcher.sources.base import FetchResult, Validators
+
+__all__ = [
+    "FetchResult",
+    "HttpSource",
+    "Validators",
+    "iter_raw_body",
+    "make_client",
+    "parse_retry_after",
+    "status_error",
+    "transport_error",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 64 * 1024
+MAX_REDIRECTS = 5
+_RETRY_STATUSES = frozenset({429, 503})
+
+
+def _user_agent() -> str:
+    try:
+        version = metadata.version("nginx-manager-agent")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"nginx-manager-launcher/{version}"
+
+
+def make_client(
+    *,
+    timeout_s: float = 30.0,
+    ca_file: str | None = None,
+    allow_http: bool = False,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """The client for every update request (manifest, signature, binaries).
+
+    ``timeout_s`` bounds each connect, read and write, not a whole transfer (the download
+    module adds a deadline). ``ca_file`` adds a CA bundle to certifi's. ``transport`` is for
+    tests.
+    """
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        verify = _ssl_context(ca_file)
+    hooks: dict[str, list[Callable[..., object]]] = {"request": [], "response": []}
+    if not allow_http:
+        hooks["request"].append(_require_https)
+        hooks["response"].append(_refuse_http_redirect)
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout_s),
+        verify=verify,
+        trust_env=False,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        event_hooks=hooks,
+        # Bytes on disk must be the bytes the server hashed: no transfer compression.
+        headers={"User-Agent": _user_agent(), "Accept-Encoding": "identity"},
+        transport=transport,
+    )
+
+
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=certifi.where())
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA file {ca_file}: {exc}") from exc
+    return context
+
+
+def _require_https(request: httpx.Request) -> None:
+    if request.url.scheme != "https":
+        raise InsecureError(f"refusing plain http URL {request.url}: use https or --allow-http")
+
+
+def _refuse_http_redirect(response: httpx.Response) -> None:
+    if not response.has_redirect_location:
+        return
+    target = response.request.url.join(response.headers["location"])
+    if target.scheme != "https":
+        raise InsecureError(
+            f"refusing redirect from {response.request.url} to plain http URL {target}:"
+            " use https or --allow-http"
+        )
+
+
+def transport_error(url: str, exc: httpx.HTTPError | httpx.InvalidURL) -> TransportError:
+    """Translate an httpx exception into a TransportError that names the URL and cause."""
+    if isinstance(exc, httpx.TooManyRedirects):
+        return TransportError(f"too many redirects from {url} (at most {MAX_REDIRECTS})")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return TransportError(f"cannot connect to {url}: timed out")
+    if isinstance(exc, httpx.ConnectError):
+        return TransportError(f"cannot connect to {url}: {_connect_cause(exc)}")
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportError(f"request to {url} timed out ({type(exc).__name__})")
+    detail = str(exc) or type(exc).__name__
+    return TransportError(f"request to {url} failed: {detail}")
+
+
+def _connect_cause(exc: BaseException) -> str:
+    for cause in _chain(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error: {cause.reason or cause}"
+        if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
+            return "connection refused"
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    return text or type(exc).__name__
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def status_error(
+    what: str, response: httpx.Response, now: Callable[[], datetime]
+) -> TransportError:
+    """TransportError for a non-2xx answer; 429 and 503 carry their Retry-After.
+
+    ``what`` leads the message: ``"manifest request to"`` gives
+    ``manifest request to https://... failed: HTTP 500 Internal Server Error``.
+    """
+    retry_after = None
+    if response.status_code in _RETRY_STATUSES:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now())
+    message = (
+        f"{what} {response.request.url} failed:"
+        f" HTTP {response.status_code} {response.reason_phrase}".rstrip()
+    )
+    if retry_after is not None:
+        message += f" (retry after {retry_after:g}s)"
+    return TransportError(message, retry_after_s=retry_after)
+
+
+def iter_raw_body(response: httpx.Response, chunk_size: int | None = None) -> Iterator[bytes]:
+    """The body exactly as sent (no content decoding), streamed.
+
+    A response built in memory (``httpx.Response(content=...)``, e.g. from a MockTransport)
+    counts as already streamed; its content is yielded as one chunk.
+    """
+    if response.is_stream_consumed:
+        yield response.content
+        return
+    yield from response.iter_raw(chunk_size)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+class HttpSource:
+    """A manifest at an http(s) URL, fetched conditionally and read up to a byte cap."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: httpx.Client,
+        max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.url = url
+        self._client = client
+        self._max_bytes = max_manifest_bytes
+        self._now = now
+
+    def fetch(self, validators: Validators | None) -> FetchResult:
+        headers = {}
+        if validators is not None and validators.etag is not None:
+            headers["If-None-Match"] = validators.etag
+        if validators is not None and validators.last_modified is not None:
+            headers["If-Modified-Since"] = validators.last_modified
+        try:
+            with self._client.stream("GET", self.url, headers=headers) as response:
+                return self._answer(response, validators)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise transport_error(self.url, exc) from exc
+
+    def _answer(self, response: httpx.Response, sent: Validators | None) -> FetchResult:
+        received = Validators(
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+        )
+        if response.status_code == 304 and sent:
+            logger.debug("manifest %s not modified", self.url)
+            return FetchResult(not_modified=True, body=None, validators=received or sent)
+        if not response.is_success:
+            raise status_error("manifest request to", response, self._now)
+        body = self._read_capped(response)
+        return FetchResult(not_modified=False, body=body, validators=received)
+
+    def _read_capped(self, response: httpx.Response) -> bytes:
+        too_large = ManifestError(f"manifest larger than {self._max_bytes} bytes")
+        announced = response.headers.get("content-length", "")
+        if announced.isdigit() and int(announced) > self._max_bytes:
+            raise too_large
+        body = bytearray()
+        for chunk in iter_raw_body(response):
+            body += chunk
+            if len(body) > self._max_bytes:
+                raise too_large
+        return bytes(body)
