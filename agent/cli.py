@@ -111,7 +111,7 @@ def log_nginx(report: NginxReport) -> None:
 
 def _probe_in_background() -> None:
     def probe() -> None:
-        from agent.nginx import probe_nginx  # noqa: PLC0415 (only when running)
+        from agent.nginx import probe_nginx
 
         try:
             log_nginx(probe_nginx())
@@ -123,7 +123,7 @@ def _probe_in_background() -> None:
 
 def run(health_addr: tuple[str, int], heartbeat_interval_s: float) -> int:
     # Imported here so that `--version` (the launcher's preflight) starts without http.server.
-    from agent.health import HealthServer  # noqa: PLC0415
+    from agent.health import HealthServer
 
     stop = threading.Event()
     received: list[str] = []

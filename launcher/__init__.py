@@ -1,0 +1,1 @@
+"""nginx-manager-launcher: keeps one host's agent up to date and alive."""

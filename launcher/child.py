@@ -1,0 +1,202 @@
+"""The agent child (and any helper process): spawn, signal, stop, exit status.
+
+Children are started with ``os.posix_spawn`` in their own process group, with an empty
+signal mask, default dispositions and an environment without the launcher's
+``NOTIFY_SOCKET``, ``WATCHDOG_*`` and ``LISTEN_*`` variables. Their statuses come
+from the ``Reaper``: nothing here calls ``waitpid``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from launcher.reaper import Reaper, decode_status
+
+log = logging.getLogger(__name__)
+
+SCRUBBED_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
+# Every catchable signal back to its default in the child (SIG_IGN is inherited otherwise).
+_DEFAULTS = {
+    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
+}
+
+
+def child_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    return {k: v for k, v in env.items() if not k.startswith(SCRUBBED_PREFIXES)}
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    stdin_fd: int | None = None,
+    stdout_fd: int | None = None,
+    new_group: bool = True,
+) -> int:
+    """Start ``argv`` and return its pid; raises OSError when it cannot be executed."""
+    actions: list[tuple[int, int, int]] = []
+    if stdin_fd is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, stdin_fd, 0))
+    if stdout_fd is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, stdout_fd, 1))
+    if new_group:
+        return os.posix_spawn(argv[0], list(argv), dict(env), file_actions=actions or None,
+                              setpgroup=0, setsigmask=(), setsigdef=_DEFAULTS)
+    return os.posix_spawn(argv[0], list(argv), dict(env), file_actions=actions or None,
+                          setsigmask=(), setsigdef=_DEFAULTS)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (and ``pid`` itself if it left it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+class Child:
+    """One running process we started: the agent, or a short-lived worker."""
+
+    def __init__(self, name: str, pid: int, reaper: Reaper, clock: float) -> None:
+        self.name = name
+        self.pid = pid
+        self.started = clock
+        self._reaper = reaper
+        self.status: int | None = None
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        reaper: Reaper,
+        *,
+        stdin_fd: int | None = None,
+        stdout_fd: int | None = None,
+    ) -> Child:
+        pid = spawn(argv, env, stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+        log.info("started %s (pid %d): %s", name, pid, " ".join(argv))
+        return cls(name, pid, reaper, time.monotonic())
+
+    def poll(self) -> int | None:
+        """The raw wait status once the process has exited, else None."""
+        if self.status is None:
+            self.status = self._reaper.pop(self.pid)
+        return self.status
+
+    @property
+    def running(self) -> bool:
+        return self.poll() is None
+
+    def send(self, sig: int) -> None:
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def stop(self, grace_s: float, sig: int = signal.SIGTERM) -> int:
+        """Polite signal, bounded wait, SIGKILL; also ends descendants that escaped the group.
+
+        Returns the raw wait status.
+        """
+        if self.poll() is not None:
+            assert self.status is not None
+            self._sweep([])
+            return self.status
+        family = descendants(self.pid)
+        log.info("stopping %s (pid %d) with %s, grace %.1fs",
+                 self.name, self.pid, signal.Signals(sig).name, grace_s)
+        signal_tree(self.pid, sig)
+        status = self._reaper.wait_for(self.pid, grace_s)
+        if status is None:
+            log.warning("%s (pid %d) still running after %.1fs; sending SIGKILL",
+                        self.name, self.pid, grace_s)
+            signal_tree(self.pid, signal.SIGKILL)
+            status = self._reaper.wait_for(self.pid, 10.0)
+            if status is None:  # pragma: no cover - the kernel always delivers SIGKILL
+                raise RuntimeError(f"{self.name} pid {self.pid} survived SIGKILL")
+        self.status = status
+        self._sweep(family)
+        log.info("%s (pid %d) %s", self.name, self.pid, decode_status(status)[1])
+        return status
+
+    def _sweep(self, family: list[psutil.Process]) -> None:
+        """SIGKILL descendants still alive (e.g. ones that called setsid)."""
+        alive = []
+        for p in family:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                continue
+        for p in alive:
+            log.warning("killing leftover process %d of %s", p.pid, self.name)
+            try:
+                p.kill()
+            except psutil.Error:
+                continue
+        if alive:
+            time.sleep(0.05)
+            self._reaper.reap()
+
+
+def run_capture(argv: Sequence[str], reaper: Reaper, timeout_s: float = 10.0) -> tuple[int, str]:
+    """Run a short command (``agent --version``) through the reaper; (exit code, stdout)."""
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        pid = spawn(argv, child_environ(), stdin_fd=devnull, stdout_fd=wfd)
+    except OSError:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)
+        os.close(devnull)
+    out = bytearray()
+    deadline = time.monotonic() + timeout_s
+    os.set_blocking(rfd, False)
+    import select
+
+    try:
+        while len(out) < 65536:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([rfd], [], [], remaining)
+            if not ready:
+                break
+            try:
+                chunk = os.read(rfd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(rfd)
+    status = reaper.wait_for(pid, max(0.0, deadline - time.monotonic()))
+    if status is None:
+        signal_tree(pid, signal.SIGKILL)
+        reaper.wait_for(pid, 5.0)
+        return -1, out.decode(errors="replace")
+    return decode_status(status)[0], out.decode(errors="replace")
+
+
+def executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)

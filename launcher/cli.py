@@ -1,0 +1,282 @@
+"""``nginx-manager-launcher``: argument parsing, logging, wiring; the only place that exits.
+
+Exit codes: 0 success (``run``: after a requested stop), 2 bad configuration or another
+launcher on the state dir, 100 after a swap in container mode (``run``), 1 for other
+errors (``check``: the source did not answer or the manifest was refused); ``run``
+passes on the agent's own code when it did not stop cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from launcher import control, settings
+from launcher.errors import ConfigError, LauncherError, LockedError
+from launcher.journal import Journal, State, utc_iso
+from launcher.lock import StateLock, holder_pid
+
+log = logging.getLogger("launcher")
+
+EXIT_CONFIG = 2
+DEFAULT_STATE_DIR = "/var/lib/nginx-manager"
+
+
+class UTCFormatter(logging.Formatter):
+    converter = staticmethod(time.gmtime)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(UTCFormatter("%(asctime)sZ launcher %(levelname)s %(message)s",
+                                      datefmt="%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (keys as the long options)")
+    for opt in settings.OPTIONS:
+        flag = "--" + opt.key.replace("_", "-")
+        if opt.key in settings.BOOL_FLAGS:
+            p.add_argument(flag, dest=opt.key, action="store_const", const=True, default=None,
+                           help=opt.help)
+        else:
+            p.add_argument(flag, dest=opt.key, default=None, help=opt.help)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _state_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", dest="state_dir", default=None,
+                   help=f"state directory (default {DEFAULT_STATE_DIR})")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nginx-manager-launcher",
+                                description="Keeps the NGINX Manager Agent updated and running.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="supervise the agent and keep it up to date")
+    _add_options(run)
+    run.add_argument("agent_args", nargs="*", metavar="-- AGENT_ARGS",
+                     help="arguments passed to the agent")
+    check = sub.add_parser("check", help="one check now: what would be done (changes nothing)")
+    _add_options(check)
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    status = sub.add_parser("status", help="installed, running, bad builds, last/next check")
+    _state_dir_option(status)
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    rb = sub.add_parser("rollback", help="put agent.old back and block the build it replaces")
+    _state_dir_option(rb)
+    ub = sub.add_parser("unblock", help="allow a build marked bad to be installed again")
+    ub.add_argument("version")
+    _state_dir_option(ub)
+    return p
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    import os
+
+    return Path(args.state_dir or os.environ.get(settings.ENV_PREFIX + "STATE_DIR")
+                or DEFAULT_STATE_DIR)
+
+
+def load_settings(args: argparse.Namespace) -> settings.Settings:
+    flags = {o.key: getattr(args, o.key, None) for o in settings.OPTIONS}
+    return settings.load(flags, config_file=args.config,
+                         agent_args=tuple(getattr(args, "agent_args", ()) or ()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from launcher.supervisor import Supervisor
+
+    s = load_settings(args)
+    return Supervisor(s).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from launcher import worker
+
+    s = load_settings(args)
+    if not s.manifest_url:
+        raise ConfigError("check needs --manifest-url")
+    try:
+        state = Journal(s.state_dir).read_only()
+    except (OSError, ValueError, KeyError, TypeError):
+        state = None
+    request = {
+        "settings": s.for_worker(),
+        "current": {"version": state.current.version, "sha256": state.current.sha256}
+        if state and state.current else None,
+        "bad": [[b.version, b.sha256] for b in state.bad] if state else [],
+        "host_id": state.host_id if state else "no-host-id-yet",
+        "stage": False,
+    }
+    result = worker.run_check(request)
+    if args.json:
+        print(json.dumps(result.__dict__, indent=2))
+    elif result.outcome == "error":
+        print(f"check failed: {result.error}")
+    elif result.outcome == "none":
+        print(f"no update: {result.reason}")
+    else:
+        what = "would install" if result.outcome == "install" else "would update to"
+        print(f"{what} {result.version} (sha256 {result.sha256}): {result.reason}")
+    return 1 if result.outcome == "error" else 0
+
+
+def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
+    pid = holder_pid(state_dir)
+    if state is None:
+        return {"state_dir": str(state_dir), "current_version": None, "phase": "empty",
+                "previous_version": None, "bad_versions": [], "bad": [],
+                "last_check_at": None, "last_error": None, "next_check_at": None,
+                "launcher_pid": pid, "agent": None, "host_id": None, "trial": None}
+    child = state.child
+    return {
+        "state_dir": str(state_dir),
+        "current_version": state.current.version if state.current else None,
+        "current_sha256": state.current.sha256 if state.current else None,
+        "phase": state.phase,
+        "previous_version": state.previous.version if state.previous else None,
+        "bad_versions": sorted({b.version for b in state.bad}),
+        "bad": [b.__dict__ for b in state.bad],
+        "last_check_at": state.last_check_at,
+        "last_error": state.last_error,
+        "next_check_at": state.next_check_at if pid else None,
+        "consecutive_failures": state.consecutive_failures,
+        "launcher_pid": pid,
+        "agent": {"pid": child.pid, "version": child.version, "state": child.state,
+                  "since": child.since} if child and pid else None,
+        "last_agent_exit": state.extra.get("last_agent_exit"),
+        "trial": {"version": state.trial.build.version, "run_time_s": state.trial.run_time_s,
+                  "healthy_seen": state.trial.healthy_seen} if state.trial else None,
+        "host_id": state.host_id,
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    try:
+        state = Journal(state_dir).read_only()
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{state_dir}/state.json is unreadable: {exc}") from exc
+    d = status_dict(state, state_dir)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    phase = {"committed": "committed", "trial": "on trial", "empty": "nothing installed"}.get(
+        d["phase"], d["phase"])
+    lines = [
+        f"state dir:   {state_dir}",
+        f"installed:   {d['current_version'] or '-'} ({phase})",
+        f"previous:    {d['previous_version'] or '-'}",
+    ]
+    if d["trial"]:
+        lines.append(f"trial:       {d['trial']['run_time_s']:.1f}s done")
+    agent = d["agent"]
+    if d["launcher_pid"] is None:
+        lines.append("launcher:    not running")
+    else:
+        running = (f"agent {agent['version']} {agent['state']}"
+                   + (f" (pid {agent['pid']})" if agent and agent['pid'] else "")) if agent else "-"
+        lines.append(f"launcher:    pid {d['launcher_pid']}, {running}")
+    for b in d["bad"]:
+        lines.append(f"bad build:   {b['version']} (sha256 {b['sha256'][:12]}) at {b['at']}: "
+                     f"{b['reason']}")
+    lines.append(f"last check:  {d['last_check_at'] or 'never'}"
+                 + (f", error: {d['last_error']}" if d["last_error"] else ""))
+    lines.append(f"next check:  {d['next_check_at'] or '-'}")
+    print("\n".join(lines))
+    return 0
+
+
+def _offline(state_dir: Path) -> tuple[StateLock, Journal, State]:
+    lock = StateLock(state_dir)
+    lock.acquire()
+    journal = Journal(state_dir)
+    state = journal.load()
+    if state is None:
+        lock.release()
+        raise ConfigError(f"no launcher state in {state_dir}")
+    return lock, journal, state
+
+
+def _ask_launcher(state_dir: Path, request: dict[str, object]) -> int | None:
+    if holder_pid(state_dir) is None:
+        return None
+    try:
+        answer = control.send(state_dir, request)
+    except (OSError, ValueError):
+        return None
+    if answer.get("ok"):
+        print(answer.get("message"))
+        return 0
+    print(f"error: {answer.get('error')}", file=sys.stderr)
+    return 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    code = _ask_launcher(state_dir, {"cmd": "rollback"})
+    if code is not None:
+        return code
+    from launcher import install
+
+    lock, journal, state = _offline(state_dir)
+    try:
+        state = install.recover(state, state_dir / "bin")
+        failed = state.current
+        state, ok = control.rollback(state, state_dir / "bin", journal,
+                                     "rolled back by the operator", utc_iso())
+        if not ok or failed is None:
+            print("error: no agent.old to roll back to", file=sys.stderr)
+            return 1
+        restored = state.current.version if state.current else "?"
+        print(f"rolled back from {failed.version} to {restored}; {failed.version} is blocked "
+              "until unblocked")
+        return 0
+    finally:
+        lock.release()
+
+
+def cmd_unblock(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    code = _ask_launcher(state_dir, {"cmd": "unblock", "version": args.version})
+    if code is not None:
+        return code
+    lock, journal, state = _offline(state_dir)
+    try:
+        state, n = control.unblock(state, args.version)
+        journal.save(state)
+        print(f"unblocked {n} build(s) of {args.version}")
+        return 0
+    finally:
+        lock.release()
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status,
+            "rollback": cmd_rollback, "unblock": cmd_unblock}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, LockedError) as exc:
+        print(f"nginx-manager-launcher: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LauncherError as exc:
+        print(f"nginx-manager-launcher: {exc.describe()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

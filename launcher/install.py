@@ -1,0 +1,189 @@
+"""The files in ``bin/``: install, swap, restore, and recovery after a kill.
+
+``bin/agent`` is never absent once installed: every change is a single ``rename`` over
+it. The swap first hard-links the running build to ``agent.old`` (replacing the older
+one), then renames the verified staged file over ``agent``. A rollback renames
+``agent.old`` over ``agent``. Temp files in ``bin/`` all start with ``.agent.`` so a
+restarted launcher can recognise and remove leftovers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from launcher.journal import Build, State, Trial, fsync_dir, utc_iso
+
+log = logging.getLogger(__name__)
+
+# Called with a point name at each step of the swap; fault-injection tests kill there.
+FaultHook = Callable[[str], None]
+
+AGENT = "agent"
+OLD = "agent.old"
+TEMP_PREFIX = ".agent."
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def clean_temp_files(bin_dir: Path, keep: str | None = None) -> list[str]:
+    """Remove leftovers of interrupted downloads and swaps; returns their names."""
+    removed = []
+    for p in bin_dir.glob(TEMP_PREFIX + "*"):
+        if p.name != keep:
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    if removed:
+        log.info("removed leftover temp files in %s: %s", bin_dir, ", ".join(sorted(removed)))
+    return removed
+
+
+def install_copy(bin_dir: Path, source: Path) -> str:
+    """Copy ``source`` to ``bin/agent`` atomically; returns its sha256."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "seed-", dir=bin_dir)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            while chunk := src.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, bin_dir / AGENT)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(bin_dir)
+    return h.hexdigest()
+
+
+def swap_in(bin_dir: Path, staged_file: str, fault: FaultHook | None = None) -> None:
+    """Make the staged file ``bin/agent``; the build it replaces becomes ``bin/agent.old``."""
+    agent, old = bin_dir / AGENT, bin_dir / OLD
+    if agent.exists():
+        link = bin_dir / (TEMP_PREFIX + "old-link")
+        link.unlink(missing_ok=True)
+        os.link(agent, link)
+        os.replace(link, old)
+        # rename(2) is a no-op when both names already link the same file (agent.old left
+        # as a link of agent by an interrupted swap): the temp name must then go by hand.
+        link.unlink(missing_ok=True)
+        _fault(fault, "swap.old_linked")
+    os.replace(bin_dir / staged_file, agent)
+    _fault(fault, "swap.renamed")
+    fsync_dir(bin_dir)
+
+
+def _fault(hook: FaultHook | None, point: str) -> None:
+    if hook is not None:
+        hook(point)
+
+
+def restore_previous(bin_dir: Path) -> None:
+    """Rename ``bin/agent.old`` over ``bin/agent`` (the failed build is dropped)."""
+    os.replace(bin_dir / OLD, bin_dir / AGENT)
+    fsync_dir(bin_dir)
+
+
+
+
+def recover(state: State, bin_dir: Path) -> State:
+    """Finish or undo whatever a killed launcher left half done; the files are the truth.
+
+    Returns the repaired state; the caller journals it. Never raises for a missing file:
+    an absent ``bin/agent`` yields phase ``empty`` so the launcher reinstalls.
+    """
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    agent_sha = file_sha(bin_dir / AGENT)
+    old_sha = file_sha(bin_dir / OLD)
+    keep = None
+
+    if state.phase == "swapping" and state.staged is not None:
+        new = state.staged.build
+        if agent_sha == new.sha256:
+            log.info("recovery: swap to %s had completed; its trial starts now", new.version)
+            prev = state.current
+            state = dataclasses.replace(
+                state, phase="trial", current=new, previous=prev, staged=None,
+                trial=_fresh_trial(new),
+            )
+        else:
+            log.info("recovery: swap to %s was interrupted before the rename; abandoned "
+                     "(the next check fetches it again)", new.version)
+            state = dataclasses.replace(state, phase="committed", staged=None)
+
+    if state.phase == "rolling_back" and state.rollback_to is not None:
+        target = state.rollback_to
+        if agent_sha != target.sha256 and old_sha == target.sha256:
+            restore_previous(bin_dir)
+            agent_sha, old_sha = target.sha256, None
+        if agent_sha == target.sha256:
+            log.info("recovery: rollback to %s completed", target.version)
+            state = dataclasses.replace(
+                state, phase="committed", current=target, previous=None, trial=None,
+                rollback_to=None,
+            )
+        else:
+            log.error("recovery: cannot complete rollback to %s: agent.old is gone",
+                      target.version)
+            state = dataclasses.replace(state, phase="committed", rollback_to=None, trial=None)
+
+    clean_temp_files(bin_dir, keep)
+
+    # Make the journal agree with the files.
+    if agent_sha is None:
+        if old_sha is not None:
+            log.warning("recovery: bin/agent is missing; restoring bin/agent.old")
+            restore_previous(bin_dir)
+            prev = state.previous if state.previous and state.previous.sha256 == old_sha else None
+            return dataclasses.replace(
+                state, phase="committed" if prev else "empty", current=prev, previous=None,
+                trial=None,
+            )
+        return dataclasses.replace(state, phase="empty", current=None, previous=None, trial=None)
+    if state.current is None or state.current.sha256 != agent_sha:
+        if state.trial is not None and state.trial.build.sha256 == agent_sha:
+            state = dataclasses.replace(state, current=state.trial.build)
+        elif state.previous is not None and state.previous.sha256 == agent_sha:
+            log.warning("recovery: bin/agent is the previous build %s", state.previous.version)
+            state = dataclasses.replace(
+                state, phase="committed", current=state.previous, previous=None, trial=None)
+        else:
+            log.warning("recovery: bin/agent (sha256 %s) is not the build the journal names; "
+                        "treating it as installed, version unknown until it runs", agent_sha[:12])
+            state = dataclasses.replace(
+                state, phase="committed", current=Build("unknown", agent_sha), trial=None)
+    if old_sha is None:
+        state = dataclasses.replace(state, previous=None)
+    elif state.previous is None or state.previous.sha256 != old_sha:
+        if old_sha == agent_sha and state.current is not None:
+            state = dataclasses.replace(state, previous=state.current)
+        else:
+            state = dataclasses.replace(state, previous=Build("unknown", old_sha))
+    if state.phase == "empty":
+        state = dataclasses.replace(state, phase="committed")
+    return state
+
+
+def _fresh_trial(build: Build) -> Trial:
+    return Trial(build=build, started_at=utc_iso())

@@ -1,0 +1,231 @@
+"""The journal: ``state.json``, the launcher's memory across kills and reboots.
+
+Every transition of the update cycle is written here before the files it describes
+change, atomically (temp file, fsync, replace, fsync of the directory), so a launcher
+killed at any instant comes back to a state it can finish or undo. A journal that
+cannot be parsed is set aside as ``state.json.corrupt-<time>`` and a fresh one is
+started: the files on disk are then the truth (see ``install.recover``).
+
+Phases:
+    empty         nothing installed yet
+    committed     ``bin/agent`` is ``current`` and has passed its trial (or was seeded)
+    swapping      ``staged`` is being renamed into place
+    trial         ``current`` is new and on trial; ``previous`` is at ``bin/agent.old``
+    rolling_back  ``current`` failed; ``previous`` is being put back
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+PHASES = ("empty", "committed", "swapping", "trial", "rolling_back")
+
+
+@dataclass(frozen=True)
+class Build:
+    version: str
+    sha256: str
+
+    def label(self) -> str:
+        return f"{self.version} (sha256 {self.sha256[:12]})"
+
+
+@dataclass(frozen=True)
+class BadBuild:
+    version: str
+    sha256: str
+    reason: str
+    at: str
+
+
+@dataclass(frozen=True)
+class Trial:
+    """An update on probation; ``run_time_s`` is the new child's own accumulated up time."""
+
+    build: Build
+    started_at: str
+    run_time_s: float = 0.0
+    healthy_seen: bool = False
+    container_restarts: int = 0
+
+
+@dataclass(frozen=True)
+class Staged:
+    build: Build
+    file: str  # name inside bin/
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    pid: int | None
+    version: str | None
+    state: str  # running | backoff | stopped
+    since: str
+
+
+@dataclass(frozen=True)
+class State:
+    host_id: str
+    phase: str = "empty"
+    current: Build | None = None
+    previous: Build | None = None
+    staged: Staged | None = None
+    trial: Trial | None = None
+    rollback_to: Build | None = None
+    bad: tuple[BadBuild, ...] = ()
+    etag: str | None = None
+    last_modified: str | None = None
+    consecutive_failures: int = 0
+    last_check_at: str | None = None
+    last_error: str | None = None
+    next_check_at: str | None = None
+    child: ChildInfo | None = None
+    launcher_pid: int | None = None
+    updated_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def is_bad(self, build: Build) -> bool:
+        return any(b.version == build.version and b.sha256 == build.sha256 for b in self.bad)
+
+    def with_bad(self, build: Build, reason: str, at: str) -> State:
+        if self.is_bad(build):
+            return self
+        entry = BadBuild(build.version, build.sha256, reason, at)
+        return dataclasses.replace(self, bad=(*self.bad, entry))
+
+    def without_bad(self, version: str) -> State:
+        return dataclasses.replace(self, bad=tuple(b for b in self.bad if b.version != version))
+
+
+def new_state() -> State:
+    return State(host_id=str(uuid.uuid4()))
+
+
+def utc_iso(ts: float | None = None) -> str:
+    """RFC 3339 UTC with second precision, e.g. ``2026-11-28T00:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))
+
+
+def to_json(state: State) -> str:
+    return json.dumps({"schema": SCHEMA, **dataclasses.asdict(state)}, indent=2, sort_keys=True)
+
+
+def _build(d: Any) -> Build | None:
+    if d is None:
+        return None
+    return Build(version=str(d["version"]), sha256=str(d["sha256"]))
+
+
+def from_dict(d: dict[str, Any]) -> State:
+    """Rebuild a State; raises KeyError/TypeError/ValueError on a malformed journal."""
+    if d.get("schema") != SCHEMA:
+        raise ValueError(f"unknown journal schema {d.get('schema')!r}")
+    if d.get("phase") not in PHASES:
+        raise ValueError(f"unknown phase {d.get('phase')!r}")
+    trial = d.get("trial")
+    staged = d.get("staged")
+    child = d.get("child")
+    build = _build(trial["build"]) if trial else None
+    sbuild = _build(staged["build"]) if staged else None
+    return State(
+        host_id=str(d["host_id"]),
+        phase=d["phase"],
+        current=_build(d.get("current")),
+        previous=_build(d.get("previous")),
+        staged=Staged(sbuild, str(staged["file"])) if staged and sbuild else None,
+        trial=Trial(
+            build=build,
+            started_at=str(trial["started_at"]),
+            run_time_s=float(trial.get("run_time_s", 0.0)),
+            healthy_seen=bool(trial.get("healthy_seen", False)),
+            container_restarts=int(trial.get("container_restarts", 0)),
+        )
+        if trial and build
+        else None,
+        rollback_to=_build(d.get("rollback_to")),
+        bad=tuple(
+            BadBuild(str(b["version"]), str(b["sha256"]), str(b["reason"]), str(b["at"]))
+            for b in d.get("bad", [])
+        ),
+        etag=d.get("etag"),
+        last_modified=d.get("last_modified"),
+        consecutive_failures=int(d.get("consecutive_failures", 0)),
+        last_check_at=d.get("last_check_at"),
+        last_error=d.get("last_error"),
+        next_check_at=d.get("next_check_at"),
+        child=ChildInfo(child.get("pid"), child.get("version"), child["state"], child["since"])
+        if child
+        else None,
+        launcher_pid=d.get("launcher_pid"),
+        updated_at=d.get("updated_at"),
+        extra=dict(d.get("extra", {})),
+    )
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so a reader sees either the old or the new bytes, never a mix."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+class Journal:
+    """Reads and writes ``state.json`` in one state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "state.json"
+
+    def load(self) -> State | None:
+        """The stored state; None when there is none or it was unreadable (set aside)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            log.error("journal %s is unreadable (%s); set aside as %s", self.path, exc, aside.name)
+            return None
+
+    def read_only(self) -> State | None:
+        """The stored state without setting anything aside (for ``status``)."""
+        try:
+            return from_dict(json.loads(self.path.read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    def save(self, state: State) -> State:
+        state = dataclasses.replace(state, updated_at=utc_iso())
+        write_atomic(self.path, to_json(state).encode() + b"\n")
+        return state

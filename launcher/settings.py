@@ -1,0 +1,213 @@
+"""The launcher's settings: one frozen, validated value built from file, environment, flags.
+
+Each option has one name used three ways: ``--poll-interval`` on the command line,
+``poll_interval`` in the TOML config file and ``NGINX_MANAGER_POLL_INTERVAL`` in the
+environment. Flags win over the environment, the environment over the file. Times are
+seconds (decimals allowed). Standard library only: the resident supervisor loads this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform as _platform
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from launcher.errors import ConfigError
+
+ENV_PREFIX = "NGINX_MANAGER_"
+PLATFORMS = ("linux-amd64", "linux-arm64")
+MODES = ("auto", "standalone", "container")
+
+
+@dataclass(frozen=True)
+class Settings:
+    manifest_url: str | None = None
+    state_dir: Path = Path("/var/lib/nginx-manager")
+    poll_interval_s: float = 300.0
+    jitter_s: float = 60.0
+    health_window_s: float = 60.0
+    health_url: str | None = None
+    mode: str = "auto"
+    platform: str = ""
+    allow_http: bool = False
+    ca_file: Path | None = None
+    seed_binary: Path | None = None
+    stop_grace_s: float = 10.0
+    download_deadline_s: float = 600.0
+    max_binary_bytes: int = 1 << 30
+    min_speed_bps: float = 8192.0
+    agent_args: tuple[str, ...] = ()
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.state_dir / "bin"
+
+    @property
+    def agent_path(self) -> Path:
+        return self.bin_dir / "agent"
+
+    def container(self, environ: Mapping[str, str] | None = None) -> bool:
+        env = os.environ if environ is None else environ
+        if self.mode == "auto":
+            return "KUBERNETES_SERVICE_HOST" in env
+        return self.mode == "container"
+
+    def for_worker(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # config-file key; the flag is --key-with-dashes, the field may add a unit
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    flag: bool = True  # False: file and environment only
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _positive(text) if text.strip() not in ("0", "0.0") else 0.0
+    return value
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _int_bytes(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} must be a positive number of bytes")
+    return value
+
+
+OPTIONS = (
+    Option("manifest_url", "manifest_url", str,
+           "URL of version.json (https://, http:// with --allow-http, or file://)"),
+    Option("state_dir", "state_dir", Path, "state directory (default /var/lib/nginx-manager)"),
+    Option("poll_interval", "poll_interval_s", _positive,
+           "seconds between checks (default 300)"),
+    Option("jitter", "jitter_s", _non_negative,
+           "largest random delay added to each check, the first included; 0 turns it off "
+           "(default 60)"),
+    Option("health_window", "health_window_s", _positive,
+           "seconds a new agent must stay up (and healthy) before it is committed (default 60)"),
+    Option("health_url", "health_url", str,
+           "agent health URL that must answer 200 during the window (plain http allowed)"),
+    Option("mode", "mode", _choice(MODES),
+           "auto (container when KUBERNETES_SERVICE_HOST is set), standalone or container"),
+    Option("platform", "platform", _choice(PLATFORMS), "binary to fetch (default: this machine)"),
+    Option("allow_http", "allow_http", _bool, "allow plain http for the update source"),
+    Option("ca_file", "ca_file", Path, "extra trusted CA bundle (PEM)"),
+    Option("seed_binary", "seed_binary", Path,
+           "agent to install when the state directory holds none"),
+    Option("stop_grace", "stop_grace_s", _positive,
+           "seconds the agent gets to stop after SIGTERM before SIGKILL (default 10)"),
+    Option("download_deadline", "download_deadline_s", _positive,
+           "overall seconds allowed for one binary download (default 600)"),
+    Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
+           "largest binary accepted, in bytes (default 1 GiB)"),
+)
+BOOL_FLAGS = ("allow_http",)
+
+
+def machine_platform() -> str:
+    machine = _platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "linux-amd64"
+    if machine in ("aarch64", "arm64"):
+        return "linux-arm64"
+    raise ConfigError(f"unsupported machine {machine!r}: set --platform to one of "
+                      f"{', '.join(PLATFORMS)}")
+
+
+def load(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    agent_args: tuple[str, ...] = (),
+) -> Settings:
+    """Merge file < environment < flags into Settings; ConfigError says what to fix."""
+    env = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(config_file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        known = {o.key for o in OPTIONS}
+        unknown = sorted(set(file_values) - known)
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown key(s) {', '.join(unknown)}; "
+                              f"known keys: {', '.join(sorted(known))}")
+
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw: Any = None
+        source = ""
+        if flags.get(opt.key) is not None:
+            raw, source = flags[opt.key], f"--{opt.key.replace('_', '-')}"
+        elif ENV_PREFIX + opt.key.upper() in env:
+            raw, source = env[ENV_PREFIX + opt.key.upper()], ENV_PREFIX + opt.key.upper()
+        elif opt.key in file_values:
+            raw, source = file_values[opt.key], f"{config_file}: {opt.key}"
+        if raw is None:
+            continue
+        try:
+            values[opt.field] = raw if isinstance(raw, bool) else opt.parse(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    settings = Settings(**values, agent_args=tuple(agent_args))
+    if not settings.platform:
+        settings = dataclasses.replace(settings, platform=machine_platform())
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    if s.manifest_url:
+        scheme = urlsplit(s.manifest_url).scheme
+        if scheme not in ("https", "http", "file"):
+            raise ConfigError(f"--manifest-url {s.manifest_url!r}: use an https:// URL "
+                              "(or file:// for a local directory)")
+        if scheme == "http" and not s.allow_http:
+            raise ConfigError(f"--manifest-url {s.manifest_url} is plain http: use https, "
+                              "or pass --allow-http for a trusted network")
+    if s.ca_file is not None and not s.ca_file.is_file():
+        raise ConfigError(f"--ca-file {s.ca_file} does not exist")
+    if s.seed_binary is not None and not s.seed_binary.is_file():
+        raise ConfigError(f"--seed-binary {s.seed_binary} does not exist")

@@ -1,0 +1,624 @@
+"""The resident loop: keeps the agent alive, runs checks in workers, swaps, trials, rolls back.
+
+Single-threaded and event-driven: it sleeps in ``select`` until a signal (through the
+reaper's wakeup fd), a worker's output, a control connection or the next timer, so an
+idle launcher wakes only for its poll timer. Signal handlers only record; this loop acts.
+Imports the standard library and psutil only; HTTP and parsing live in ``worker``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import json
+import logging
+import os
+import random
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+from launcher import control, install, policy
+from launcher.child import Child, child_environ, run_capture
+from launcher.errors import ConfigError, HostError
+from launcher.journal import Build, ChildInfo, Journal, Staged, State, Trial, new_state, utc_iso
+from launcher.lock import StateLock
+from launcher.reaper import Reaper, decode_status
+from launcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_SWAPPED = 100
+STABLE_RUN_S = 60.0  # a child up this long resets the crash backoff
+UNHEALTHY_PROBES = 3  # consecutive failed probes after a healthy one fail the trial
+WORKER_GRACE_S = 2.0
+
+
+class Worker:
+    """A running update check: its process and the result line it is writing."""
+
+    def __init__(self, proc: Child, stdout_fd: int) -> None:
+        self.proc = proc
+        self.fd = stdout_fd
+        self.buf = bytearray()
+        self.eof = False
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
+        environ: dict[str, str] | None = None,
+        fault: install.FaultHook | None = None,
+    ) -> None:
+        self.s = settings
+        self.rng = rng or random.Random()
+        self.wall = wall
+        self.env = dict(os.environ if environ is None else environ)
+        self.fault = fault if fault is not None else fault_from_env(self.env)
+        self.container = settings.container(self.env)
+        self.journal = Journal(settings.state_dir)
+        self.lock = StateLock(settings.state_dir)
+        self.reaper = Reaper()
+        self.sel = selectors.DefaultSelector()
+        self.state = new_state()
+        self.child: Child | None = None
+        self.worker: Worker | None = None
+        self.control: control.ControlServer | None = None
+        self.stopping = False
+        self.exit_code: int | None = None
+        self.crashes = 0
+        self.next_check: float | None = None
+        self.restart_at: float | None = None
+        self.tick_at: float | None = None
+        self.trial_base_s = 0.0
+        self.probe_failures = 0
+        self.last_probe_ok = False
+
+    # ---- life cycle -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until asked to stop; returns the process exit code."""
+        try:
+            self.s.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create state directory {self.s.state_dir}: "
+                              f"{exc.strerror}") from exc
+        self.lock.acquire()
+        try:
+            self.reaper.install()
+            self.sel.register(self.reaper.wakeup_fd, selectors.EVENT_READ, "wakeup")
+            self._start()
+            while self.exit_code is None:
+                self._turn()
+            return self.exit_code
+        finally:
+            self._shutdown()
+            self.lock.release()
+
+    def _start(self) -> None:
+        log.info("launcher starting (pid %d, state %s, mode %s, platform %s)",
+                 os.getpid(), self.s.state_dir, "container" if self.container else "standalone",
+                 self.s.platform)
+        stored = self.journal.load()
+        state = install.recover(stored or new_state(), self.s.bin_dir)
+        self.state = self._save(dataclasses.replace(state, launcher_pid=os.getpid()))
+        if self.state.phase == "empty" and self.s.seed_binary is not None:
+            self._install_seed(self.s.seed_binary)
+        if self.state.current is not None and self.state.current.version == "unknown":
+            self._learn_version()
+        try:
+            self.control = control.ControlServer(self.s.state_dir, self._on_command)
+            self.sel.register(self.control.sock, selectors.EVENT_READ, "control")
+        except OSError as exc:
+            log.warning("control socket unavailable (%s); rollback/unblock need the launcher "
+                        "stopped", exc)
+        if self.state.phase == "trial":
+            trial = self.state.trial
+            assert trial is not None
+            log.info("resuming the trial of %s: %.1fs of %.1fs done", trial.build.version,
+                     trial.run_time_s, self.s.health_window_s)
+        if self.state.current is not None:
+            self._start_child()
+        if not self.s.manifest_url:
+            if self.state.current is None:
+                raise ConfigError("nothing to run: give --manifest-url or --seed-binary")
+            log.info("no --manifest-url: supervising only, no update checks")
+        elif self.state.phase != "trial":
+            delay = policy.first_poll_delay(self.s.jitter_s, self.rng)
+            self._schedule_check(delay)
+
+    def _shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.proc.stop(WORKER_GRACE_S)
+            self._close_worker()
+        if self.child is not None and self.child.running:
+            self._stop_child()
+        if self.control is not None:
+            self.control.close()
+        self.reaper.uninstall()
+        self.reaper.close()
+        self.sel.close()
+
+    # ---- the loop ---------------------------------------------------------------
+
+    def _turn(self) -> None:
+        timeout = self._timeout()
+        for key, _ in self.sel.select(timeout):
+            if key.data == "wakeup":
+                self.reaper.drain_wakeup()
+            elif key.data == "worker":
+                self._read_worker()
+            elif key.data == "control" and self.control is not None:
+                self.control.accept()
+        self.reaper.reap()
+        while self.reaper.signals and self.exit_code is None:
+            self._on_signal(self.reaper.signals.popleft())
+        if self.exit_code is not None:
+            return
+        if self.child is not None and (status := self.child.poll()) is not None:
+            self._on_child_exit(status)
+        if self.worker is not None and self.worker.eof and self.worker.proc.poll() is not None:
+            self._on_worker_done()
+        keep = {p.proc.pid for p in [self.worker] if p} | {c.pid for c in [self.child] if c}
+        self.reaper.forget_others(keep)
+        self._run_timers()
+
+    def _timeout(self) -> float | None:
+        deadlines = [t for t in (self.next_check, self.restart_at, self.tick_at) if t is not None]
+        if self.worker is not None:
+            deadlines.append(self.worker.proc.started + self._worker_limit_s())
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        if self.restart_at is not None and now >= self.restart_at:
+            self.restart_at = None
+            self._start_child()
+        if self.tick_at is not None and now >= self.tick_at:
+            self._trial_tick()
+        if self.next_check is not None and now >= self.next_check and self.worker is None:
+            self.next_check = None
+            self._start_worker()
+        if self.worker is not None:
+            limit = self._worker_limit_s()
+            if now - self.worker.proc.started > limit and self.worker.proc.running:
+                log.error("update check ran past %.0fs; stopping it", limit)
+                self.worker.proc.stop(WORKER_GRACE_S)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            log.info("received %s: stopping", name)
+            self._requested_stop()
+        elif self.child is not None and self.child.running:
+            log.info("forwarding %s to the agent (pid %d)", name, self.child.pid)
+            self.child.send(signum)
+
+    def _requested_stop(self) -> None:
+        self.stopping = True
+        if self.worker is not None:
+            self.worker.proc.stop(WORKER_GRACE_S)
+            self._close_worker()
+            install.clean_temp_files(self.s.bin_dir)
+        code = 0
+        if self.child is not None and self.child.running:
+            status = self._stop_child()
+            exit_code, _ = decode_status(status)
+            if exit_code not in (0, 128 + signal.SIGTERM):
+                code = exit_code
+        self._save_child("stopped")
+        self.exit_code = code
+
+    # ---- the agent child ----------------------------------------------------------
+
+    def _agent_argv(self) -> list[str]:
+        return [str(self.s.agent_path), *self.s.agent_args]
+
+    def _start_child(self) -> None:
+        current = self.state.current
+        assert current is not None
+        try:
+            self.child = Child.start(f"agent {current.version}", self._agent_argv(),
+                                     child_environ(self.env), self.reaper)
+        except OSError as exc:
+            log.error("cannot start agent %s: %s", self.s.agent_path, exc)
+            self.child = None
+            self._after_child_end(f"could not be started ({exc.strerror})", ran_s=0.0)
+            return
+        self.probe_failures = 0
+        self.last_probe_ok = False
+        if self.state.phase == "trial":
+            trial = self.state.trial
+            assert trial is not None
+            self.trial_base_s = trial.run_time_s
+            self.tick_at = time.monotonic() + self._tick_interval()
+        self._save_child("running")
+
+    def _stop_child(self) -> int:
+        assert self.child is not None
+        self._persist_trial_time()
+        status = self.child.stop(self.s.stop_grace_s)
+        return status
+
+    def _on_child_exit(self, status: int) -> None:
+        assert self.child is not None
+        ran_s = time.monotonic() - self.child.started
+        _, words = decode_status(status)
+        self.child = None
+        log.warning("agent %s %s after %.1fs", self._version(), words, ran_s)
+        self._after_child_end(words, ran_s)
+
+    def _after_child_end(self, words: str, ran_s: float) -> None:
+        if self.state.phase == "trial":
+            self.tick_at = None
+            run = self._trial_run_time(ran_s)
+            self._rollback(f"agent {words} {run:.1f}s into its "
+                           f"{self.s.health_window_s:g}s health window")
+            return
+        self.crashes = 1 if ran_s >= STABLE_RUN_S else self.crashes + 1
+        delay = policy.crash_restart_delay(self.crashes)
+        log.warning("restarting agent %s in %.1fs (crash %d in a row)", self._version(), delay,
+                    self.crashes)
+        self.restart_at = time.monotonic() + delay
+        self.state = dataclasses.replace(self.state, extra={
+            **self.state.extra, "last_agent_exit": f"{words} at {utc_iso(self.wall())}"})
+        self._save_child("backoff")
+
+    def _version(self) -> str:
+        return self.state.current.version if self.state.current else "?"
+
+    def _save_child(self, what: str) -> None:
+        pid = self.child.pid if self.child is not None and what == "running" else None
+        info = ChildInfo(pid=pid, version=self._version(), state=what, since=utc_iso(self.wall()))
+        self.state = self._save(dataclasses.replace(self.state, child=info))
+
+    # ---- trial ------------------------------------------------------------------
+
+    def _tick_interval(self) -> float:
+        return min(2.0, max(0.2, self.s.health_window_s / 10))
+
+    def _trial_run_time(self, ran_s: float | None = None) -> float:
+        if ran_s is None:
+            ran_s = time.monotonic() - self.child.started if self.child else 0.0
+        return self.trial_base_s + ran_s
+
+    def _persist_trial_time(self) -> None:
+        if self.state.phase == "trial" and self.state.trial and self.child is not None:
+            trial = dataclasses.replace(self.state.trial, run_time_s=self._trial_run_time(),
+                                        healthy_seen=self.state.trial.healthy_seen)
+            self.state = self._save(dataclasses.replace(self.state, trial=trial))
+
+    def _trial_tick(self) -> None:
+        self.tick_at = None
+        if self.child is None or not self.child.running or self.state.trial is None:
+            return
+        trial = self.state.trial
+        if self.s.health_url:
+            ok = probe(self.s.health_url)
+            self.last_probe_ok = ok
+            if ok:
+                self.probe_failures = 0
+                if not trial.healthy_seen:
+                    log.info("agent %s answers %s", trial.build.version, self.s.health_url)
+                    trial = dataclasses.replace(trial, healthy_seen=True)
+            else:
+                self.probe_failures += 1
+                if trial.healthy_seen and self.probe_failures >= UNHEALTHY_PROBES:
+                    self._fail_trial(f"agent stopped answering {self.s.health_url} "
+                                     f"({self.probe_failures} failed probes)")
+                    return
+        run = self._trial_run_time()
+        trial = dataclasses.replace(trial, run_time_s=run)
+        self.state = self._save(dataclasses.replace(self.state, trial=trial))
+        if run >= self.s.health_window_s:
+            if self.s.health_url and not self.last_probe_ok:
+                what = "was not healthy at the end of" if trial.healthy_seen else "never answered"
+                self._fail_trial(f"agent {what} {self.s.health_url} "
+                                 f"during its {self.s.health_window_s:g}s health window")
+                return
+            self._commit()
+            return
+        remaining = self.s.health_window_s - run
+        self.tick_at = time.monotonic() + min(self._tick_interval(), remaining)
+
+    def _fail_trial(self, reason: str) -> None:
+        self.tick_at = None
+        if self.child is not None:
+            self._stop_child()
+            self.child = None
+        self._rollback(reason)
+
+    def _commit(self) -> None:
+        trial = self.state.trial
+        assert trial is not None
+        self._fault("trial.passed")
+        self.state = self._save(dataclasses.replace(self.state, phase="committed", trial=None))
+        self._fault("committed")
+        log.info("update to %s committed after %.1fs healthy", trial.build.version,
+                 trial.run_time_s)
+        self.crashes = 0
+        self._save_child("running")
+        if self.s.manifest_url:
+            self._schedule_check(self._poll_delay(0, None, self.rng))
+
+    def _rollback(self, reason: str) -> None:
+        """Put ``agent.old`` back in place, mark the failed build bad, restart the agent."""
+        failed = self.state.current
+        target = self.state.previous
+        assert failed is not None
+        if self.child is not None and self.child.running:
+            self._stop_child()
+        self.child = None
+        self.state, ok = control.rollback(self.state, self.s.bin_dir, self.journal, reason,
+                                          utc_iso(self.wall()), self.fault)
+        if not ok:
+            log.error("cannot roll back from %s: no previous build (%s); keeping it under "
+                      "crash backoff", failed.version, reason)
+            self.state = self._save(dataclasses.replace(self.state, phase="committed",
+                                                        trial=None))
+            self._after_child_end("failed its trial", 0.0)
+            return
+        assert target is not None
+        log.error("rolled back to %s: %s %s", target.version, failed.label(), reason)
+        self.crashes = 0
+        self._start_child()
+        if self.s.manifest_url:
+            self._schedule_check(self._poll_delay(0, None, self.rng))
+
+    # ---- update checks ------------------------------------------------------------
+
+    def _worker_limit_s(self) -> float:
+        return self.s.download_deadline_s + 120.0
+
+    def _schedule_check(self, delay: float) -> None:
+        self.next_check = time.monotonic() + delay
+        self.state = self._save(dataclasses.replace(
+            self.state, next_check_at=utc_iso(self.wall() + delay)))
+        log.info("next check in %.1fs", delay)
+
+    def _start_worker(self) -> None:
+        st = self.state
+        request = {
+            "settings": self.s.for_worker(),
+            "current": dataclasses.asdict(st.current) if st.current else None,
+            "bad": [[b.version, b.sha256] for b in st.bad],
+            "host_id": st.host_id,
+            "etag": st.etag,
+            "last_modified": st.last_modified,
+            "stage": True,
+        }
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        env = child_environ(self.env)
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+        try:
+            proc = Child.start("update check", [sys.executable, "-m", "launcher.worker"], env,
+                               self.reaper, stdin_fd=in_r, stdout_fd=out_w)
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        with os.fdopen(in_w, "wb") as pipe:
+            pipe.write(json.dumps(request).encode())
+        os.set_blocking(out_r, False)
+        self.worker = Worker(proc, out_r)
+        self.sel.register(out_r, selectors.EVENT_READ, "worker")
+
+    def _read_worker(self) -> None:
+        assert self.worker is not None
+        try:
+            chunk = os.read(self.worker.fd, 65536)
+        except BlockingIOError:
+            return
+        if chunk and len(self.worker.buf) < 1 << 20:
+            self.worker.buf += chunk
+        elif not chunk:
+            self.worker.eof = True
+            self.sel.unregister(self.worker.fd)
+
+    def _close_worker(self) -> None:
+        if self.worker is None:
+            return
+        if not self.worker.eof:
+            self.sel.unregister(self.worker.fd)
+        os.close(self.worker.fd)
+        self.worker = None
+
+    def _on_worker_done(self) -> None:
+        assert self.worker is not None
+        status = self.worker.proc.poll()
+        assert status is not None
+        raw = bytes(self.worker.buf)
+        self._close_worker()
+        try:
+            result = json.loads(raw.splitlines()[-1]) if raw.strip() else None
+        except ValueError:
+            result = None
+        if not isinstance(result, dict):
+            _, words = decode_status(status)
+            result = {"outcome": "error", "error": f"worker: update check {words} "
+                      "without a result"}
+            install.clean_temp_files(self.s.bin_dir)
+        self._on_result(result)
+
+    def _on_result(self, r: dict[str, object]) -> None:
+        now_iso = utc_iso(self.wall())
+        outcome = r.get("outcome")
+        st = dataclasses.replace(self.state, last_check_at=now_iso)
+        if outcome == "error":
+            failures = st.consecutive_failures + 1
+            self.state = self._save(dataclasses.replace(
+                st, consecutive_failures=failures, last_error=str(r.get("error")),
+                etag=None, last_modified=None))
+            retry = r.get("retry_after_s")
+            retry_s = float(retry) if isinstance(retry, int | float) else None
+            delay = self._poll_delay(failures, retry_s, self.rng)
+            log.warning("check failed (%d in a row); the agent keeps running", failures)
+            self._schedule_check(delay)
+            return
+        # Validators are kept only once nothing is left to do with this manifest: after a
+        # staged build they stay empty, so a swap that is interrupted, fails or is rolled
+        # back is re-decided on a full fetch.
+        staged = outcome == "staged"
+        st = dataclasses.replace(st, consecutive_failures=0, last_error=None,
+                                 etag=None if staged else _str(r.get("etag")),
+                                 last_modified=None if staged else _str(r.get("last_modified")))
+        self.state = self._save(st)
+        if staged:
+            build = Build(str(r["version"]), str(r["sha256"]))
+            self._apply(build, str(r["file"]))
+            return
+        self._schedule_check(self._poll_delay(0, None, self.rng))
+
+    # ---- swap ---------------------------------------------------------------------
+
+    def _apply(self, build: Build, staged_file: str) -> None:
+        first = self.state.current is None
+        self.state = self._save(dataclasses.replace(
+            self.state, phase="swapping", staged=Staged(build, staged_file)))
+        self._fault("staged")
+        try:
+            install.swap_in(self.s.bin_dir, staged_file, self.fault)
+        except OSError as exc:
+            log.error("swap to %s failed: %s; keeping %s", build.version, exc, self._version())
+            install.clean_temp_files(self.s.bin_dir)
+            self.state = self._save(dataclasses.replace(
+                self.state, phase="committed" if not first else "empty", staged=None,
+                last_error=HostError(f"swap failed: {exc}").describe()))
+            self._schedule_check(self._poll_delay(1, None, self.rng))
+            return
+        if first:
+            self.state = self._save(dataclasses.replace(
+                self.state, phase="committed", current=build, staged=None))
+            log.info("installed %s", build.version)
+            self._start_child()
+            self._schedule_check(self._poll_delay(0, None, self.rng))
+            return
+        self.state = self._save(dataclasses.replace(
+            self.state, phase="trial", previous=self.state.current, current=build, staged=None,
+            trial=Trial(build=build, started_at=utc_iso(self.wall()))))
+        self._fault("swapped")
+        log.info("swapped in %s; %s kept as agent.old", build.version,
+                 self.state.previous.version if self.state.previous else "?")
+        if self.child is not None and self.child.running:
+            self._stop_child()
+        self.child = None
+        if self.container:
+            log.info("container mode: exiting %d so the container restarts on %s",
+                     EXIT_SWAPPED, build.version)
+            self.exit_code = EXIT_SWAPPED
+            return
+        self.trial_base_s = 0.0
+        self._start_child()
+        self._fault("trial.started")
+
+    # ---- operator commands ----------------------------------------------------------
+
+    def _on_command(self, request: dict[str, object]) -> dict[str, object]:
+        cmd = request.get("cmd")
+        if cmd == "rollback":
+            if self.state.previous is None:
+                return {"ok": False, "error": "no agent.old to roll back to"}
+            if self.state.current is None:
+                return {"ok": False, "error": "no agent installed"}
+            failed = self.state.current
+            self.tick_at = None
+            self._rollback("rolled back by the operator")
+            return {"ok": True, "message": f"rolled back from {failed.version} to "
+                    f"{self._version()}; {failed.version} is blocked until unblocked"}
+        if cmd == "unblock":
+            version = str(request.get("version"))
+            self.state, n = control.unblock(self.state, version)
+            self.state = self._save(self.state)
+            return {"ok": True, "message": f"unblocked {n} build(s) of {version}"}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    # ---- helpers ------------------------------------------------------------------
+
+    def _poll_delay(self, failures: int, retry_after_s: float | None, rng: random.Random) -> float:
+        return policy.next_poll_delay(self.s.poll_interval_s, self.s.jitter_s, failures,
+                                      retry_after_s, rng)
+
+    def _save(self, state: State) -> State:
+        return self.journal.save(state)
+
+    def _fault(self, point: str) -> None:
+        if self.fault is not None:
+            self.fault(point)
+
+    def _install_seed(self, seed: Path) -> None:
+        code, out = run_capture([str(seed), "--version"], self.reaper)
+        version = out.strip()
+        if code != 0 or not version:
+            raise ConfigError(f"--seed-binary {seed}: '--version' exited {code} and printed "
+                              f"{version!r}; give a working agent build")
+        sha = install.install_copy(self.s.bin_dir, seed)
+        log.info("installed seed binary %s as %s", seed, version)
+        self.state = self._save(dataclasses.replace(
+            self.state, phase="committed", current=Build(version, sha)))
+
+    def _learn_version(self) -> None:
+        assert self.state.current is not None
+        try:
+            code, out = run_capture([str(self.s.agent_path), "--version"], self.reaper)
+        except OSError:
+            return
+        if code == 0 and out.strip():
+            self.state = self._save(dataclasses.replace(
+                self.state, current=Build(out.strip(), self.state.current.sha256)))
+
+
+FAULT_ENV = "NGINX_MANAGER_FAULT_POINT"
+
+
+def fault_from_env(environ: dict[str, str]) -> install.FaultHook | None:
+    """For power-loss tests only: ``NGINX_MANAGER_FAULT_POINT=swap.renamed`` makes the
+    launcher SIGKILL its whole tree (agent, worker, itself) when it reaches that point."""
+    wanted = environ.get(FAULT_ENV)
+    if not wanted:
+        return None
+
+    def hook(point: str) -> None:
+        if point != wanted:
+            return
+        log.warning("fault point %s reached: killing the launcher and its children", point)
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def probe(url: str, timeout_s: float = 1.0) -> bool:
+    """True when ``url`` answers 200 within the timeout (standard library only)."""
+    parts = urlsplit(url)
+    conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
+                else http.client.HTTPConnection)
+    conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
+    try:
+        conn.request("GET", parts.path or "/")
+        resp = conn.getresponse()
+        resp.read(65536)
+        return resp.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()

@@ -1,0 +1,182 @@
+"""One update check, run in a short-lived process so the resident stays small.
+
+The resident starts ``python -m launcher.worker``, writes a request (JSON) to its stdin
+and reads one result line (JSON) from its stdout; logs go to stderr. The worker fetches
+the manifest, decides with ``policy``, and when asked to stage: downloads the build
+beside ``bin/agent``, verifies it and runs the preflight. It never touches
+``bin/agent`` or the journal: the swap and every decision about the child stay in the
+resident. Exit status 0 when the source answered and the manifest was accepted, 1 on
+an error (the result line then names it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from launcher import download, policy, preflight
+from launcher.errors import LauncherError, TransportError
+from launcher.manifest import check_not_expired, parse_manifest
+from launcher.sources.http import FetchResult, HttpSource, Validators, make_client
+from launcher.sources.local import LocalSource
+
+log = logging.getLogger("launcher.worker")
+
+
+@dataclass
+class Result:
+    outcome: str  # not_modified | none | install | update | staged | error
+    version: str | None = None
+    sha256: str | None = None
+    file: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    retry_after_s: float | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def run_check(
+    request: dict[str, Any],
+    *,
+    client: httpx.Client | None = None,
+    now: Callable[[], Any] | None = None,
+) -> Result:
+    """Fetch, decide and (if ``request['stage']``) stage; never raises a LauncherError."""
+    s = request["settings"]
+    own_client = client is None
+    try:
+        if own_client:
+            client = make_client(
+                ca_file=s.get("ca_file"), allow_http=bool(s.get("allow_http")),
+            )
+        assert client is not None
+        return _check(request, s, client, now)
+    except LauncherError as exc:
+        log.error("check failed: %s", exc.describe())
+        return Result(
+            outcome="error", error=exc.describe(), error_kind=exc.kind,
+            retry_after_s=getattr(exc, "retry_after_s", None),
+        )
+    finally:
+        if own_client and client is not None:
+            client.close()
+
+
+def _check(
+    request: dict[str, Any], s: dict[str, Any], client: httpx.Client,
+    now: Callable[[], Any] | None,
+) -> Result:
+    url = s["manifest_url"]
+    validators = Validators(etag=request.get("etag"), last_modified=request.get("last_modified"))
+    source: HttpSource | LocalSource
+    if urlsplit(url).scheme == "file":
+        source = LocalSource(Path(urlsplit(url).path))
+    else:
+        source = HttpSource(url, client=client)
+    fetched: FetchResult = source.fetch(validators)
+    if fetched.not_modified or fetched.body is None:
+        log.info("manifest not modified")
+        return Result(outcome="not_modified", etag=validators.etag,
+                      last_modified=validators.last_modified)
+    manifest = parse_manifest(fetched.body)
+    check_not_expired(manifest, now() if now else _utcnow())
+    binary = manifest.binary_for(s["platform"])
+    current = request.get("current")
+    bad = [tuple(b) for b in request.get("bad", [])]
+    percent = manifest.rollout.percent if manifest.rollout else None
+    decision = policy.decide(
+        candidate=manifest.version,
+        current=current["version"] if current else None,
+        bad=bad,
+        candidate_sha256=binary.sha256,
+        cohort=policy.cohort(request["host_id"], manifest.version),
+        rollout_percent=percent,
+    )
+    result = Result(
+        outcome=decision.action, version=manifest.version, sha256=binary.sha256,
+        reason=decision.reason, etag=fetched.validators.etag,
+        last_modified=fetched.validators.last_modified,
+    )
+    if decision.action == "none":
+        log.info("no update: %s", decision.reason)
+        return result
+    if not request.get("stage"):
+        log.info("update available: %s (%s)", manifest.version, decision.reason)
+        return result
+
+    log.info("Update found: %s. Synchronizing...", manifest.version)
+    bin_dir = Path(s["state_dir"]) / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    if urlsplit(binary.url).scheme == "http" and not s.get("allow_http"):
+        raise TransportError(f"refusing plain http URL {binary.url}: use https or --allow-http")
+    staged = download.download(
+        client, binary.url, bin_dir,
+        expected_sha256=binary.sha256, expected_size=binary.size,
+        max_bytes=int(s["max_binary_bytes"]), deadline_s=float(s["download_deadline_s"]),
+        min_speed_bps=float(s["min_speed_bps"]),
+    )
+    _fault("downloaded")
+    try:
+        preflight.preflight(staged, manifest.version)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    log.info("staged %s (sha256 %s) as %s", manifest.version, binary.sha256[:12], staged.name)
+    result.outcome = "staged"
+    result.file = staged.name
+    return result
+
+
+def _fault(point: str) -> None:
+    """Power-loss tests: at ``NGINX_MANAGER_FAULT_POINT`` kill the launcher's whole tree."""
+    if os.environ.get("NGINX_MANAGER_FAULT_POINT") != point:
+        return
+    import psutil
+
+    resident = psutil.Process(os.getppid())
+    for proc in resident.children(recursive=True):
+        if proc.pid != os.getpid():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    resident.kill()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _utcnow() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s launcher[worker] %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    try:
+        request = json.loads(sys.stdin.read())
+    except ValueError as exc:
+        print(json.dumps({"outcome": "error", "error": f"bad worker request: {exc}"}))
+        return 1
+    result = run_check(request)
+    sys.stdout.write(json.dumps(asdict(result)) + "\n")
+    sys.stdout.flush()
+    return 1 if result.outcome == "error" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
