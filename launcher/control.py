@@ -31,14 +31,14 @@ def rollback(
 ) -> tuple[State, bool]:
     """Mark ``current`` bad and put ``previous`` back; (new state, whether it rolled back).
 
+    Without a previous build nothing changes and the answer is False.
+
     The bad mark is journaled before any file moves, so it survives a kill at any step.
     """
     failed, target = state.current, state.previous
-    if failed is None:
+    if failed is None or target is None or not (bin_dir / install.OLD).exists():
         return state, False
     state = state.with_bad(failed, reason, at)
-    if target is None or not (bin_dir / install.OLD).exists():
-        return journal.save(state), False
     state = journal.save(dataclasses.replace(state, phase="rolling_back", rollback_to=target))
     if fault is not None:
         fault("rollback.journaled")

@@ -17,8 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from packaging.version import InvalidVersion, Version
-
 RETRY_AFTER_CAP_S = 3600.0
 _MAX_DOUBLINGS = 3  # 2**3: the back-off stops growing at 8 * poll_interval
 _COHORT_BUCKETS = 10_000_000  # cohorts are multiples of 1e-5 in [0, 100)
@@ -52,6 +50,8 @@ def decide(
     host without a cohort is admitted only at 100%). Versions must be valid PEP 440 versions
     (``InvalidVersion`` otherwise).
     """
+    from packaging.version import Version  # lazily: the resident never decides versions
+
     wanted = Version(candidate)
     sha = candidate_sha256.lower()
     bad_reason = f"{candidate} (sha256 {sha[:8]}…) is marked bad"
@@ -138,6 +138,8 @@ def crash_restart_delay(
 
 
 def _same_version(a: str, b: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
     if a == b:
         return True
     try:

@@ -44,8 +44,9 @@ WORKER_GRACE_S = 2.0
 class Worker:
     """A running update check: its process and the result line it is writing."""
 
-    def __init__(self, proc: Child, stdout_fd: int) -> None:
+    def __init__(self, proc: Child, stdout_fd: int, epoch: int) -> None:
         self.proc = proc
+        self.epoch = epoch  # the supervisor's decision epoch when the check started
         self.fd = stdout_fd
         self.buf = bytearray()
         self.eof = False
@@ -73,11 +74,15 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self.state = new_state()
         self.child: Child | None = None
+        self.child_build: Build | None = None  # the build the running child was started from
         self.worker: Worker | None = None
         self.control: control.ControlServer | None = None
         self.stopping = False
         self.exit_code: int | None = None
         self.crashes = 0
+        # Bumped whenever what a check decides on changes under it (bad list, installed
+        # build): a result from an older epoch is not trusted with validators.
+        self.epoch = 0
         self.next_check: float | None = None
         self.restart_at: float | None = None
         self.tick_at: float | None = None
@@ -191,7 +196,10 @@ class Supervisor:
             self._trial_tick()
         if self.next_check is not None and now >= self.next_check and self.worker is None:
             self.next_check = None
-            self._start_worker()
+            if self.state.phase == "trial":
+                log.info("check deferred until the trial of %s ends", self._version())
+            else:
+                self._start_worker()
         if self.worker is not None:
             limit = self._worker_limit_s()
             if now - self.worker.proc.started > limit and self.worker.proc.running:
@@ -238,6 +246,7 @@ class Supervisor:
             self.child = None
             self._after_child_end(f"could not be started ({exc.strerror})", ran_s=0.0)
             return
+        self.child_build = current
         self.probe_failures = 0
         self.last_probe_ok = False
         if self.state.phase == "trial":
@@ -296,9 +305,10 @@ class Supervisor:
         return self.trial_base_s + ran_s
 
     def _persist_trial_time(self) -> None:
-        if self.state.phase == "trial" and self.state.trial and self.child is not None:
-            trial = dataclasses.replace(self.state.trial, run_time_s=self._trial_run_time(),
-                                        healthy_seen=self.state.trial.healthy_seen)
+        trial = self.state.trial
+        if (self.state.phase == "trial" and trial is not None and self.child is not None
+                and self.child_build == trial.build):
+            trial = dataclasses.replace(trial, run_time_s=self._trial_run_time())
             self.state = self._save(dataclasses.replace(self.state, trial=trial))
 
     def _trial_tick(self) -> None:
@@ -362,13 +372,15 @@ class Supervisor:
         if self.child is not None and self.child.running:
             self._stop_child()
         self.child = None
+        self.epoch += 1
         self.state, ok = control.rollback(self.state, self.s.bin_dir, self.journal, reason,
                                           utc_iso(self.wall()), self.fault)
         if not ok:
             log.error("cannot roll back from %s: no previous build (%s); keeping it under "
                       "crash backoff", failed.version, reason)
-            self.state = self._save(dataclasses.replace(self.state, phase="committed",
-                                                        trial=None))
+            self.state = self._save(dataclasses.replace(
+                self.state.with_bad(failed, reason, utc_iso(self.wall())), phase="committed",
+                trial=None))
             self._after_child_end("failed its trial", 0.0)
             return
         assert target is not None
@@ -414,7 +426,7 @@ class Supervisor:
         with os.fdopen(in_w, "wb") as pipe:
             pipe.write(json.dumps(request).encode())
         os.set_blocking(out_r, False)
-        self.worker = Worker(proc, out_r)
+        self.worker = Worker(proc, out_r, self.epoch)
         self.sel.register(out_r, selectors.EVENT_READ, "worker")
 
     def _read_worker(self) -> None:
@@ -442,6 +454,7 @@ class Supervisor:
         status = self.worker.proc.poll()
         assert status is not None
         raw = bytes(self.worker.buf)
+        stale = self.worker.epoch != self.epoch
         self._close_worker()
         try:
             result = json.loads(raw.splitlines()[-1]) if raw.strip() else None
@@ -452,6 +465,12 @@ class Supervisor:
             result = {"outcome": "error", "error": f"worker: update check {words} "
                       "without a result"}
             install.clean_temp_files(self.s.bin_dir)
+        if stale and result.get("outcome") != "error":
+            log.info("discarding a check result that predates an operator command; "
+                     "checking again")
+            install.clean_temp_files(self.s.bin_dir)
+            self._schedule_check(0.0)
+            return
         self._on_result(result)
 
     def _on_result(self, r: dict[str, object]) -> None:
@@ -541,6 +560,7 @@ class Supervisor:
                     f"{self._version()}; {failed.version} is blocked until unblocked"}
         if cmd == "unblock":
             version = str(request.get("version"))
+            self.epoch += 1
             self.state, n = control.unblock(self.state, version)
             self.state = self._save(self.state)
             return {"ok": True, "message": f"unblocked {n} build(s) of {version}"}
