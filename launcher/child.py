@@ -156,12 +156,13 @@ class Child:
             self._reaper.reap()
 
 
-def run_capture(argv: Sequence[str], reaper: Reaper, timeout_s: float = 10.0) -> tuple[int, str]:
+def run_capture(argv: Sequence[str], reaper: Reaper, timeout_s: float = 10.0,
+                env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """Run a short command (``agent --version``) through the reaper; (exit code, stdout)."""
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
-        pid = spawn(argv, child_environ(), stdin_fd=devnull, stdout_fd=wfd)
+        pid = spawn(argv, child_environ(env), stdin_fd=devnull, stdout_fd=wfd)
     except OSError:
         os.close(rfd)
         raise

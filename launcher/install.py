@@ -58,6 +58,14 @@ def clean_temp_files(bin_dir: Path, keep: str | None = None) -> list[str]:
 
 def install_copy(bin_dir: Path, source: Path) -> str:
     """Copy ``source`` to ``bin/agent`` atomically; returns its sha256."""
+    name, sha = stage_copy(bin_dir, source)
+    os.replace(bin_dir / name, bin_dir / AGENT)
+    fsync_dir(bin_dir)
+    return sha
+
+
+def stage_copy(bin_dir: Path, source: Path) -> tuple[str, str]:
+    """Copy ``source`` into a temp file in ``bin/`` (fsynced, executable); (name, sha256)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "seed-", dir=bin_dir)
     try:
@@ -69,12 +77,10 @@ def install_copy(bin_dir: Path, source: Path) -> str:
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o755)
-        os.replace(tmp, bin_dir / AGENT)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(bin_dir)
-    return h.hexdigest()
+    return Path(tmp).name, h.hexdigest()
 
 
 def swap_in(bin_dir: Path, staged_file: str, fault: FaultHook | None = None) -> None:

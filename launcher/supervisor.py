@@ -31,11 +31,14 @@ from launcher.errors import ConfigError, HostError
 from launcher.journal import Build, ChildInfo, Journal, Staged, State, Trial, new_state, utc_iso
 from launcher.lock import StateLock
 from launcher.reaper import Reaper, decode_status
+from launcher.sdnotify import Notifier
 from launcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EXIT_SWAPPED = 100
+MAX_TRIAL_RESTARTS = 2  # container restarts during a trial, beyond the one the swap asks for
+TERMINATION_LOG = Path("/dev/termination-log")
 STABLE_RUN_S = 60.0  # a child up this long resets the crash backoff
 UNHEALTHY_PROBES = 3  # consecutive failed probes after a healthy one fail the trial
 WORKER_GRACE_S = 2.0
@@ -71,6 +74,9 @@ class Supervisor:
         self.journal = Journal(settings.state_dir)
         self.lock = StateLock(settings.state_dir)
         self.reaper = Reaper()
+        self.notify = Notifier(self.env)
+        self.watchdog_s = self.notify.watchdog_interval_s()
+        self.watchdog_at: float | None = None
         self.sel = selectors.DefaultSelector()
         self.state = new_state()
         self.child: Child | None = None
@@ -104,6 +110,9 @@ class Supervisor:
             self.reaper.install()
             self.sel.register(self.reaper.wakeup_fd, selectors.EVENT_READ, "wakeup")
             self._start()
+            self.notify.ready(self._describe())
+            if self.watchdog_s:
+                self.watchdog_at = time.monotonic() + self.watchdog_s
             while self.exit_code is None:
                 self._turn()
             return self.exit_code
@@ -118,10 +127,10 @@ class Supervisor:
         stored = self.journal.load()
         state = install.recover(stored or new_state(), self.s.bin_dir)
         self.state = self._save(dataclasses.replace(state, launcher_pid=os.getpid()))
-        if self.state.phase == "empty" and self.s.seed_binary is not None:
-            self._install_seed(self.s.seed_binary)
         if self.state.current is not None and self.state.current.version == "unknown":
             self._learn_version()
+        if self.s.seed_binary is not None:
+            self._seed(self.s.seed_binary)
         try:
             self.control = control.ControlServer(self.s.state_dir, self._on_command)
             self.sel.register(self.control.sock, selectors.EVENT_READ, "control")
@@ -129,11 +138,8 @@ class Supervisor:
             log.warning("control socket unavailable (%s); rollback/unblock need the launcher "
                         "stopped", exc)
         if self.state.phase == "trial":
-            trial = self.state.trial
-            assert trial is not None
-            log.info("resuming the trial of %s: %.1fs of %.1fs done", trial.build.version,
-                     trial.run_time_s, self.s.health_window_s)
-        if self.state.current is not None:
+            self._resume_trial()
+        if self.state.current is not None and self.child is None and self.restart_at is None:
             self._start_child()
         if not self.s.manifest_url:
             if self.state.current is None:
@@ -142,6 +148,21 @@ class Supervisor:
         elif self.state.phase != "trial":
             delay = policy.first_poll_delay(self.s.jitter_s, self.rng)
             self._schedule_check(delay)
+
+    def _resume_trial(self) -> None:
+        trial = self.state.trial
+        assert trial is not None
+        if self.container:
+            # The first start after our own exit 100 is expected; more mean the container
+            # itself keeps dying (OOM, liveness probe) while this build is on trial.
+            trial = dataclasses.replace(trial, container_restarts=trial.container_restarts + 1)
+            self.state = self._save(dataclasses.replace(self.state, trial=trial))
+            extra = trial.container_restarts - 1
+            if extra > MAX_TRIAL_RESTARTS:
+                self._rollback(f"container restarted {extra} times during the trial")
+                return
+        log.info("resuming the trial of %s: %.1fs of %.1fs done", trial.build.version,
+                 trial.run_time_s, self.s.health_window_s)
 
     def _shutdown(self) -> None:
         if self.worker is not None:
@@ -180,7 +201,8 @@ class Supervisor:
         self._run_timers()
 
     def _timeout(self) -> float | None:
-        deadlines = [t for t in (self.next_check, self.restart_at, self.tick_at) if t is not None]
+        deadlines = [t for t in (self.next_check, self.restart_at, self.tick_at, self.watchdog_at)
+                     if t is not None]
         if self.worker is not None:
             deadlines.append(self.worker.proc.started + self._worker_limit_s())
         if not deadlines:
@@ -189,6 +211,9 @@ class Supervisor:
 
     def _run_timers(self) -> None:
         now = time.monotonic()
+        if self.watchdog_at is not None and now >= self.watchdog_at and self.watchdog_s:
+            self.notify.watchdog()
+            self.watchdog_at = now + self.watchdog_s
         if self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             self._start_child()
@@ -217,6 +242,7 @@ class Supervisor:
 
     def _requested_stop(self) -> None:
         self.stopping = True
+        self.notify.stopping()
         if self.worker is not None:
             self.worker.proc.stop(WORKER_GRACE_S)
             self._close_worker()
@@ -286,6 +312,16 @@ class Supervisor:
             **self.state.extra, "last_agent_exit": f"{words} at {utc_iso(self.wall())}"})
         self._save_child("backoff")
 
+    def _describe(self) -> str:
+        """One line for systemd's STATUS=: what runs and in which phase."""
+        child = self.state.child
+        what = f"agent {self._version()} {child.state if child else 'not started'}"
+        if self.state.phase == "trial":
+            what += " (on trial)"
+        if self.state.last_error:
+            what += f"; last check failed: {self.state.last_error}"
+        return what
+
     def _version(self) -> str:
         return self.state.current.version if self.state.current else "?"
 
@@ -293,6 +329,7 @@ class Supervisor:
         pid = self.child.pid if self.child is not None and what == "running" else None
         info = ChildInfo(pid=pid, version=self._version(), state=what, since=utc_iso(self.wall()))
         self.state = self._save(dataclasses.replace(self.state, child=info))
+        self.notify.status(self._describe())
 
     # ---- trial ------------------------------------------------------------------
 
@@ -392,6 +429,13 @@ class Supervisor:
 
     # ---- update checks ------------------------------------------------------------
 
+    def _python_env(self) -> dict[str, str]:
+        """Environment for our own Python helpers: finds this launcher package first."""
+        env = child_environ(self.env)
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+        return env
+
     def _worker_limit_s(self) -> float:
         return self.s.download_deadline_s + 120.0
 
@@ -414,9 +458,7 @@ class Supervisor:
         }
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        env = child_environ(self.env)
-        pkg_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+        env = self._python_env()
         try:
             proc = Child.start("update check", [sys.executable, "-m", "launcher.worker"], env,
                                self.reaper, stdin_fd=in_r, stdout_fd=out_w)
@@ -536,8 +578,13 @@ class Supervisor:
             self._stop_child()
         self.child = None
         if self.container:
-            log.info("container mode: exiting %d so the container restarts on %s",
-                     EXIT_SWAPPED, build.version)
+            message = (f"swapped in {build.version}; exiting {EXIT_SWAPPED} so the container "
+                       "restarts on it")
+            log.info("container mode: %s", message)
+            with contextlib.suppress(OSError):
+                if TERMINATION_LOG.exists():
+                    TERMINATION_LOG.write_text(message + "\n")
+            self.notify.stopping()
             self.exit_code = EXIT_SWAPPED
             return
         self.trial_base_s = 0.0
@@ -579,16 +626,51 @@ class Supervisor:
         if self.fault is not None:
             self.fault(point)
 
-    def _install_seed(self, seed: Path) -> None:
+    def _seed(self, seed: Path) -> None:
+        """Install the seed (the image's build) when the state dir has none, or an older one.
+
+        Idempotent: the same build is never copied twice, and a newer build staged on the
+        volume by an earlier update is kept. A build on trial is left to its trial.
+        """
+        current = self.state.current
+        seed_sha = install.sha256_file(seed)
+        if current is not None and current.sha256 == seed_sha:
+            return
         code, out = run_capture([str(seed), "--version"], self.reaper)
         version = out.strip()
         if code != 0 or not version:
             raise ConfigError(f"--seed-binary {seed}: '--version' exited {code} and printed "
                               f"{version!r}; give a working agent build")
-        sha = install.install_copy(self.s.bin_dir, seed)
+        if current is not None and self.state.phase == "trial":
+            return
+        if current is not None and current.version != "unknown":
+            order = self._compare(version, current.version)
+            if order is None or order <= 0:
+                log.info("keeping %s from the state dir (seed is %s)", current.version, version)
+                return
+            log.info("seed binary %s is newer than the installed %s: installing it", version,
+                     current.version)
+        name, sha = install.stage_copy(self.s.bin_dir, seed)
+        if sha != seed_sha:
+            raise HostError(f"copy of {seed} does not match its sha256; disk problem?")
+        if current is None:
+            os.replace(self.s.bin_dir / name, self.s.agent_path)
+            previous = self.state.previous
+        else:
+            install.swap_in(self.s.bin_dir, name)
+            previous = current if current.version != "unknown" else None
         log.info("installed seed binary %s as %s", seed, version)
         self.state = self._save(dataclasses.replace(
-            self.state, phase="committed", current=Build(version, sha)))
+            self.state, phase="committed", current=Build(version, sha), previous=previous))
+
+    def _compare(self, a: str, b: str) -> int | None:
+        """Version order through ``launcher.versions`` (the resident imports no packaging)."""
+        code, out = run_capture([sys.executable, "-m", "launcher.versions", a, b], self.reaper,
+                                env=self._python_env())
+        if code != 0:
+            log.warning("cannot order versions %r and %r", a, b)
+            return None
+        return int(out.strip())
 
     def _learn_version(self) -> None:
         assert self.state.current is not None
