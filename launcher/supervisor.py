@@ -300,7 +300,7 @@ class Supervisor:
         if self.state.phase == "trial":
             self.tick_at = None
             run = self._trial_run_time(ran_s)
-            self._rollback(f"agent {words} {run:.1f}s into its "
+            self._rollback(f"agent {words} after {run:.1f}s of its "
                            f"{self.s.health_window_s:g}s health window")
             return
         self.crashes = 1 if ran_s >= STABLE_RUN_S else self.crashes + 1

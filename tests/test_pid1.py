@@ -45,7 +45,7 @@ class Namespaced:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
                 env={**os.environ, **(env or {})},
-                preexec_fn=preexec)  # type: ignore[arg-type]
+                preexec_fn=preexec)  # type: ignore[arg-type]  # noqa: PLW1509  (the point of one test)
         self.pid1 = wait_until(self._find_pid1, 10, "namespace PID 1")
 
     def _find_pid1(self) -> psutil.Process | None:
