@@ -229,3 +229,33 @@ class Journal:
         state = dataclasses.replace(state, updated_at=utc_iso())
         write_atomic(self.path, to_json(state).encode() + b"\n")
         return state
+
+
+class TolerantJournal(Journal):
+    """A journal that outlives a full or read-only disk: a failed write is logged and the
+    launcher carries on from memory, so the running agent is never stopped for it.
+
+    ``save_strict`` is for the one write that must land before files move (the start of a
+    swap); ``healthy`` says whether the last write landed.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.healthy = True
+
+    def save(self, state: State) -> State:
+        try:
+            state = self.save_strict(state)
+        except OSError as exc:
+            if self.healthy:
+                log.error("cannot write %s (%s); carrying on from memory, updates paused "
+                          "until it can be written", self.path, exc.strerror or exc)
+            self.healthy = False
+            return state
+        if not self.healthy:
+            log.info("%s is writable again", self.path)
+        self.healthy = True
+        return state
+
+    def save_strict(self, state: State) -> State:
+        return super().save(state)

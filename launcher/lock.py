@@ -19,10 +19,17 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        writable = True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise HostError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
+            # A read-only state dir must not stop the agent: lock the existing file
+            # read-only (flock works on any fd) and let the journal report the problem.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise HostError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
+            writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -32,8 +39,9 @@ class StateLock:
             raise LockedError(
                 f"another launcher{who} is already running on {self.path.parent}; "
                 "stop it first, or give this one its own --state-dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if writable:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:

@@ -28,7 +28,16 @@ import psutil
 from launcher import control, install, policy
 from launcher.child import Child, child_environ, run_capture
 from launcher.errors import ConfigError, HostError
-from launcher.journal import Build, ChildInfo, Journal, Staged, State, Trial, new_state, utc_iso
+from launcher.journal import (
+    Build,
+    ChildInfo,
+    Staged,
+    State,
+    TolerantJournal,
+    Trial,
+    new_state,
+    utc_iso,
+)
 from launcher.lock import StateLock
 from launcher.reaper import Reaper, decode_status
 from launcher.sdnotify import Notifier
@@ -71,7 +80,7 @@ class Supervisor:
         self.env = dict(os.environ if environ is None else environ)
         self.fault = fault if fault is not None else fault_from_env(self.env)
         self.container = settings.container(self.env)
-        self.journal = Journal(settings.state_dir)
+        self.journal = TolerantJournal(settings.state_dir)
         self.lock = StateLock(settings.state_dir)
         self.reaper = Reaper()
         self.notify = Notifier(self.env)
@@ -548,8 +557,17 @@ class Supervisor:
 
     def _apply(self, build: Build, staged_file: str) -> None:
         first = self.state.current is None
-        self.state = self._save(dataclasses.replace(
-            self.state, phase="swapping", staged=Staged(build, staged_file)))
+        try:
+            self.state = self.journal.save_strict(dataclasses.replace(
+                self.state, phase="swapping", staged=Staged(build, staged_file)))
+        except OSError as exc:
+            log.error("cannot journal the swap to %s (%s); not swapping, will retry",
+                      build.version, exc.strerror or exc)
+            install.clean_temp_files(self.s.bin_dir)
+            self.state = dataclasses.replace(self.state, last_error=HostError(
+                f"cannot write the journal: {exc.strerror or exc}").describe())
+            self._schedule_check(self._poll_delay(1, None, self.rng))
+            return
         self._fault("staged")
         try:
             install.swap_in(self.s.bin_dir, staged_file, self.fault)
