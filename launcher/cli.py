@@ -48,6 +48,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         if opt.key in settings.BOOL_FLAGS:
             p.add_argument(flag, dest=opt.key, action="store_const", const=True, default=None,
                            help=opt.help)
+        elif opt.many:
+            p.add_argument(flag, dest=opt.key, action="append", default=None, help=opt.help)
         else:
             p.add_argument(flag, dest=opt.key, default=None, help=opt.help)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -105,7 +107,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     s = load_settings(args)
     if not s.manifest_url:
-        raise ConfigError("check needs --manifest-url")
+        raise ConfigError("check needs --manifest-url or --github-repo")
     try:
         state = Journal(s.state_dir).read_only()
     except (OSError, ValueError, KeyError, TypeError):
@@ -137,7 +139,8 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
         return {"state_dir": str(state_dir), "current_version": None, "phase": "empty",
                 "previous_version": None, "bad_versions": [], "bad": [],
                 "last_check_at": None, "last_error": None, "next_check_at": None,
-                "launcher_pid": pid, "agent": None, "host_id": None, "trial": None}
+                "launcher_pid": pid, "agent": None, "host_id": None, "trial": None,
+                "cohort": None, "cohort_version": None}
     child = state.child
     return {
         "state_dir": str(state_dir),
@@ -158,7 +161,32 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
         "trial": {"version": state.trial.build.version, "run_time_s": state.trial.run_time_s,
                   "healthy_seen": state.trial.healthy_seen} if state.trial else None,
         "host_id": state.host_id,
+        **_cohort(state),
     }
+
+
+def _cohort(state: State) -> dict[str, Any]:
+    """This host's rollout cohort for the newest version the journal knows of."""
+    from packaging.version import InvalidVersion, Version
+
+    from launcher import policy
+
+    seen = [getattr(state, "last_seen_version", None), state.extra.get("last_seen_version"),
+            *(b.version for b in (state.current, state.previous, state.rollback_to) if b),
+            *(b.version for b in state.bad),
+            state.trial.build.version if state.trial else None,
+            state.staged.build.version if state.staged else None]
+    versions: list[tuple[Version, str]] = []
+    for text in seen:
+        if isinstance(text, str):
+            try:
+                versions.append((Version(text), text))
+            except InvalidVersion:
+                continue
+    if not versions:
+        return {"cohort": None, "cohort_version": None}
+    newest = max(versions)[1]
+    return {"cohort": policy.cohort(state.host_id, newest), "cohort_version": newest}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -193,6 +221,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines.append(f"last check:  {d['last_check_at'] or 'never'}"
                  + (f", error: {d['last_error']}" if d["last_error"] else ""))
     lines.append(f"next check:  {d['next_check_at'] or '-'}")
+    if d["host_id"]:
+        lines.append(f"host id:     {d['host_id']}")
+    if d.get("cohort") is not None:
+        lines.append(f"cohort:      {d['cohort']:.3f} for {d['cohort_version']} (a rollout "
+                     f"includes this host above {d['cohort']:.3f}%)")
     print("\n".join(lines))
     return 0
 

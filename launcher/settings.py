@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import platform as _platform
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,11 +25,16 @@ from launcher.errors import ConfigError
 ENV_PREFIX = "NGINX_MANAGER_"
 PLATFORMS = ("linux-amd64", "linux-arm64")
 MODES = ("auto", "standalone", "container")
+GITHUB_API_URL = "https://api.github.com"
+_GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class Settings:
     manifest_url: str | None = None
+    github_repo: str | None = None
+    github_api_url: str = GITHUB_API_URL
+    github_prerelease: bool = False
     state_dir: Path = Path("/var/lib/nginx-manager")
     poll_interval_s: float = 300.0
     jitter_s: float = 60.0
@@ -38,6 +44,7 @@ class Settings:
     platform: str = ""
     allow_http: bool = False
     ca_file: Path | None = None
+    public_keys: tuple[Path, ...] = ()
     seed_binary: Path | None = None
     stop_grace_s: float = 10.0
     download_deadline_s: float = 600.0
@@ -61,7 +68,9 @@ class Settings:
 
     def for_worker(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        return {k: (str(v) if isinstance(v, Path)
+                    else [str(x) for x in v] if isinstance(v, tuple) else v)
+                for k, v in d.items()}
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     flag: bool = True  # False: file and environment only
+    many: bool = False  # repeatable flag, TOML list, environment items split on ':'
 
 
 def _positive(text: str) -> float:
@@ -116,6 +126,12 @@ def _int_bytes(text: str) -> int:
 OPTIONS = (
     Option("manifest_url", "manifest_url", str,
            "URL of version.json (https://, http:// with --allow-http, or file://)"),
+    Option("github_repo", "github_repo", str,
+           "OWNER/NAME: take releases from the GitHub API instead of --manifest-url"),
+    Option("github_api_url", "github_api_url", str,
+           f"GitHub API root for --github-repo (default {GITHUB_API_URL})"),
+    Option("github_prerelease", "github_prerelease", _bool,
+           "with --github-repo, also take prereleases (drafts never)"),
     Option("state_dir", "state_dir", Path, "state directory (default /var/lib/nginx-manager)"),
     Option("poll_interval", "poll_interval_s", _positive,
            "seconds between checks (default 300)"),
@@ -131,6 +147,9 @@ OPTIONS = (
     Option("platform", "platform", _choice(PLATFORMS), "binary to fetch (default: this machine)"),
     Option("allow_http", "allow_http", _bool, "allow plain http for the update source"),
     Option("ca_file", "ca_file", Path, "extra trusted CA bundle (PEM)"),
+    Option("public_key", "public_keys", Path,
+           "minisign public key file; repeatable (TOML: a list; environment: paths "
+           "separated by ':'); manifests must then be signed by one of the keys", many=True),
     Option("seed_binary", "seed_binary", Path,
            "agent to install when the state directory holds none"),
     Option("stop_grace", "stop_grace_s", _positive,
@@ -140,7 +159,16 @@ OPTIONS = (
     Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
            "largest binary accepted, in bytes (default 1 GiB)"),
 )
-BOOL_FLAGS = ("allow_http",)
+BOOL_FLAGS = ("allow_http", "github_prerelease")
+
+
+def _items(raw: Any) -> list[str]:
+    """A ``many`` option's values: a list (flags, TOML) or ``:``-separated (environment)."""
+    if isinstance(raw, str):
+        return [item for item in raw.split(":") if item]
+    if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
+        return list(raw)
+    raise ValueError(f"{raw!r} is not a list of strings")
 
 
 def machine_platform() -> str:
@@ -188,9 +216,20 @@ def load(
         if raw is None:
             continue
         try:
-            values[opt.field] = raw if isinstance(raw, bool) else opt.parse(str(raw))
+            if opt.many:
+                values[opt.field] = tuple(opt.parse(item) for item in _items(raw))
+            else:
+                values[opt.field] = raw if isinstance(raw, bool) else opt.parse(str(raw))
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
+    if values.get("manifest_url") and values.get("github_repo"):
+        raise ConfigError("--manifest-url and --github-repo are both set: give only one "
+                          "update source")
+    if values.get("github_repo"):
+        # The supervisor polls whenever manifest_url is set: in API mode it is the URL of
+        # the release description the worker fetches.
+        values["manifest_url"] = github_latest_url(
+            values.get("github_api_url", GITHUB_API_URL), values["github_repo"])
     settings = Settings(**values, agent_args=tuple(agent_args))
     if not settings.platform:
         settings = dataclasses.replace(settings, platform=machine_platform())
@@ -198,8 +237,15 @@ def load(
     return settings
 
 
+def github_latest_url(api_url: str, repo: str) -> str:
+    """The API URL of a repository's latest release."""
+    return f"{api_url.rstrip('/')}/repos/{repo}/releases/latest"
+
+
 def validate(s: Settings) -> None:
-    if s.manifest_url:
+    if s.github_repo is not None:
+        _validate_github(s)
+    elif s.manifest_url:
         scheme = urlsplit(s.manifest_url).scheme
         if scheme not in ("https", "http", "file"):
             raise ConfigError(f"--manifest-url {s.manifest_url!r}: use an https:// URL "
@@ -211,3 +257,23 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"--ca-file {s.ca_file} does not exist")
     if s.seed_binary is not None and not s.seed_binary.is_file():
         raise ConfigError(f"--seed-binary {s.seed_binary} does not exist")
+    if s.public_keys:
+        from launcher.signature import load_public_key  # standard library only
+
+        for path in s.public_keys:
+            load_public_key(path)  # ConfigError naming the file
+
+
+def _validate_github(s: Settings) -> None:
+    if not _GITHUB_REPO.fullmatch(s.github_repo or ""):
+        raise ConfigError(f"--github-repo {s.github_repo!r}: use OWNER/NAME, e.g. "
+                          "nginx/nginx-manager-agent")
+    if s.manifest_url not in (None, github_latest_url(s.github_api_url, s.github_repo or "")):
+        raise ConfigError("--manifest-url and --github-repo are both set: give only one "
+                          "update source")
+    scheme = urlsplit(s.github_api_url).scheme
+    if scheme not in ("https", "http") or not urlsplit(s.github_api_url).hostname:
+        raise ConfigError(f"--github-api-url {s.github_api_url!r}: use an https:// URL")
+    if scheme == "http" and not s.allow_http:
+        raise ConfigError(f"--github-api-url {s.github_api_url} is plain http: use https, "
+                          "or pass --allow-http for a trusted network")

@@ -25,9 +25,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from launcher import download, policy, preflight
-from launcher.errors import LauncherError, TransportError
+from launcher import download, policy, preflight, signature
+from launcher.errors import InsecureError, LauncherError
 from launcher.manifest import check_not_expired, parse_manifest
+from launcher.sources import github
+from launcher.sources.base import Source
 from launcher.sources.http import FetchResult, HttpSource, Validators, make_client
 from launcher.sources.local import LocalSource
 
@@ -46,6 +48,7 @@ class Result:
     retry_after_s: float | None = None
     etag: str | None = None
     last_modified: str | None = None
+    cohort: float | None = None  # this host's place in [0, 100) for ``version``'s rollout
 
 
 def run_check(
@@ -81,8 +84,10 @@ def _check(
 ) -> Result:
     url = s["manifest_url"]
     validators = Validators(etag=request.get("etag"), last_modified=request.get("last_modified"))
-    source: HttpSource | LocalSource
-    if urlsplit(url).scheme == "file":
+    source: HttpSource | LocalSource | github.GitHubSource
+    if s.get("github_repo"):
+        source = github.from_settings(s, client)
+    elif urlsplit(url).scheme == "file":
         source = LocalSource(Path(urlsplit(url).path))
     else:
         source = HttpSource(url, client=client)
@@ -91,24 +96,26 @@ def _check(
         log.info("manifest not modified")
         return Result(outcome="not_modified", etag=validators.etag,
                       last_modified=validators.last_modified)
+    _verify_signature(source, fetched.body, s)
     manifest = parse_manifest(fetched.body)
     check_not_expired(manifest, now() if now else _utcnow())
     binary = manifest.binary_for(s["platform"])
     current = request.get("current")
     bad = [tuple(b) for b in request.get("bad", [])]
     percent = manifest.rollout.percent if manifest.rollout else None
+    cohort = policy.cohort(request["host_id"], manifest.version)
     decision = policy.decide(
         candidate=manifest.version,
         current=current["version"] if current else None,
         bad=bad,
         candidate_sha256=binary.sha256,
-        cohort=policy.cohort(request["host_id"], manifest.version),
+        cohort=cohort,
         rollout_percent=percent,
     )
     result = Result(
         outcome=decision.action, version=manifest.version, sha256=binary.sha256,
         reason=decision.reason, etag=fetched.validators.etag,
-        last_modified=fetched.validators.last_modified,
+        last_modified=fetched.validators.last_modified, cohort=cohort,
     )
     if decision.action == "none":
         log.info("no update: %s", decision.reason)
@@ -121,7 +128,7 @@ def _check(
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     if urlsplit(binary.url).scheme == "http" and not s.get("allow_http"):
-        raise TransportError(f"refusing plain http URL {binary.url}: use https or --allow-http")
+        raise InsecureError(f"refusing plain http URL {binary.url}: use https or --allow-http")
     staged = download.download(
         client, binary.url, bin_dir,
         expected_sha256=binary.sha256, expected_size=binary.size,
@@ -138,6 +145,18 @@ def _check(
     result.outcome = "staged"
     result.file = staged.name
     return result
+
+
+def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> None:
+    """With public keys configured, the manifest's bytes must carry a valid signature."""
+    paths = s.get("public_keys") or ()
+    if not paths:
+        return
+    keys = [signature.load_public_key(Path(p)) for p in paths]
+    data = source.fetch_signature(signature.MAX_SIGNATURE_BYTES)
+    key, comment = signature.verify(body, data, keys)
+    log.info("manifest signature verified with key %s (trusted comment: %s)", key.id_hex,
+             comment)
 
 
 def _fault(point: str) -> None:

@@ -2,7 +2,7 @@
 """Publish an agent release into a directory an update server serves.
 
     python3 packaging/release_tool.py VERSION [--binary FILE] [--release-dir DIR]
-                                              [--base-url URL]
+                                              [--base-url URL] [--sign-key FILE]
 
 Without ``--binary`` the agent is built for VERSION (``build_agent.py``); with it, FILE
 is published as it is, whatever it holds. The order is what keeps clients safe:
@@ -10,10 +10,23 @@ is published as it is, whatever it holds. The order is what keeps clients safe:
 1. the binaries, under versioned paths ``bin/VERSION/agent-linux-{amd64,arm64}``, each
    written to a temporary file beside its target, fsynced, made executable and renamed;
 2. then ``version.json``, replaced atomically (temporary file, fsync, ``os.replace``,
-   fsync of the directory), so a client never sees a manifest naming a missing binary.
+   fsync of the directory), so a client never sees a manifest naming a missing binary;
+3. with ``--sign-key`` (an unencrypted minisign secret key, see ``minisign_tool.py``),
+   ``version.json.minisig`` right after it, replaced atomically too. The signature is made
+   in memory before anything is written, so a bad key publishes nothing. A client that
+   reads the new manifest with the old signature in the instant between the two renames
+   refuses it (verification fails closed) and takes the release on its next poll; the
+   other order would cost the same one refusal, with the old manifest instead. An
+   unsigned publish removes a stale ``version.json.minisig``.
+
+With ``--assets-dir DIR`` nothing is published: DIR receives the asset set of a GitHub
+release instead (``agent-linux-amd64``, ``agent-linux-arm64``, ``version.json``,
+``SHA256SUMS`` and, with ``--sign-key``, ``version.json.minisig``), its URLs pointing at
+``https://github.com/OWNER/REPO/releases/download/vVERSION/`` with ``--github-repo``, else
+at ``--base-url``. Upload them to the release tagged ``vVERSION``.
 
 Exit codes: 0 published; 2 bad arguments (version, missing binary); 1 anything else.
-Standard library only.
+Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py).
 """
 
 from __future__ import annotations
@@ -37,6 +50,9 @@ PLATFORMS = ("linux-amd64", "linux-arm64")
 DEFAULT_RELEASE_DIR = Path("release")
 DEFAULT_BASE_URL = "http://127.0.0.1:8090"
 MANIFEST_NAME = "version.json"
+SIGNATURE_NAME = MANIFEST_NAME + ".minisig"
+SUMS_NAME = "SHA256SUMS"
+_GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 CHUNK = 1 << 20
 
 # PEP 440 public versions in canonical form (no "v" prefix, no local part, no
@@ -127,6 +143,7 @@ def publish(
     base_url: str,
     binary: Path | None = None,
     release_date: datetime | None = None,
+    sign_key: Path | None = None,
 ) -> dict[str, Any]:
     """Publish ``version`` into ``release_dir``; return the manifest written."""
     check_version(version)
@@ -134,6 +151,7 @@ def publish(
         raise ReleaseError(f"base URL {base_url!r} must start with http:// or https://")
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
+    secret = _load_sign_key(sign_key) if sign_key is not None else None
     release_dir = Path(release_dir)
     bin_dir = release_dir / "bin" / version
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -147,8 +165,84 @@ def publish(
     date = format_release_date(release_date or datetime.now(UTC))
     manifest = build_manifest(version, base_url, date, files)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
+    signature = _sign(body, secret) if secret is not None else None
     _write_atomically(release_dir / MANIFEST_NAME, [body], 0o644)
+    if signature is not None:
+        _write_atomically(release_dir / SIGNATURE_NAME, [signature], 0o644)
+    else:
+        (release_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
+
+
+def github_download_base(repo: str, version: str) -> str:
+    """Where a GitHub release's assets are downloaded from (the tag is ``v`` + version)."""
+    if not _GITHUB_REPO.fullmatch(repo):
+        raise ReleaseError(f"--github-repo {repo!r}: use OWNER/NAME")
+    return f"https://github.com/{repo}/releases/download/v{version}"
+
+
+def write_assets(
+    version: str,
+    assets_dir: Path,
+    *,
+    github_repo: str | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    binary: Path | None = None,
+    release_date: datetime | None = None,
+    sign_key: Path | None = None,
+) -> dict[str, Any]:
+    """Write a GitHub release's assets into ``assets_dir``; return the manifest."""
+    check_version(version)
+    base = github_download_base(github_repo, version) if github_repo else base_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ReleaseError(f"base URL {base_url!r} must start with http:// or https://")
+    if binary is not None and not Path(binary).is_file():
+        raise ReleaseError(f"--binary {binary}: no such file")
+    secret = _load_sign_key(sign_key) if sign_key is not None else None
+    assets_dir = Path(assets_dir)
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="release-") as scratch:
+        source = build_agent(version, Path(scratch) / "agent") if binary is None else Path(binary)
+        files = {
+            platform: _write_atomically(assets_dir / f"agent-{platform}", _read_chunks(source),
+                                        0o755)
+            for platform in PLATFORMS
+        }
+    date = format_release_date(release_date or datetime.now(UTC))
+    manifest = build_manifest(version, base, date, files)
+    for platform, entry in manifest["binaries"].items():
+        entry["url"] = f"{base}/agent-{platform}"
+    body = (json.dumps(manifest, indent=2) + "\n").encode()
+    _write_atomically(assets_dir / MANIFEST_NAME, [body], 0o644)
+    sums = {f"agent-{p}": sha for p, (sha, _) in files.items()}
+    sums[MANIFEST_NAME] = hashlib.sha256(body).hexdigest()
+    lines = "".join(f"{sha}  {name}\n" for name, sha in sorted(sums.items()))
+    _write_atomically(assets_dir / SUMS_NAME, [lines.encode()], 0o644)
+    if secret is not None:
+        _write_atomically(assets_dir / SIGNATURE_NAME, [_sign(body, secret)], 0o644)
+    else:
+        (assets_dir / SIGNATURE_NAME).unlink(missing_ok=True)
+    return manifest
+
+
+def _load_sign_key(path: Path) -> Any:
+    try:
+        import minisign_tool  # needs cryptography: imported only when signing
+    except ImportError as exc:
+        raise ReleaseError(f"--sign-key needs the cryptography package ({exc}): run with "
+                           "PYTHON=.venv/bin/python") from exc
+    try:
+        return minisign_tool.load_secret_key(Path(path))
+    except minisign_tool.KeyFileError as exc:
+        raise ReleaseError(f"--sign-key: {exc}") from exc
+
+
+def _sign(body: bytes, secret: Any) -> bytes:
+    import minisign_tool
+
+    comment = minisign_tool.default_trusted_comment(MANIFEST_NAME)
+    text: str = minisign_tool.signature_text(body, secret, comment)
+    return text.encode()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--binary", type=Path, metavar="FILE", help="publish FILE as is")
     parser.add_argument("--release-dir", type=Path, default=DEFAULT_RELEASE_DIR, metavar="DIR")
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL")
+    parser.add_argument("--sign-key", type=Path, metavar="FILE",
+                        help="unencrypted minisign secret key: also write version.json.minisig")
+    parser.add_argument("--assets-dir", type=Path, metavar="DIR",
+                        help="write a GitHub release's assets into DIR instead of publishing")
+    parser.add_argument("--github-repo", metavar="OWNER/REPO",
+                        help="with --assets-dir: URLs of github.com/OWNER/REPO release vVERSION")
     args = parser.parse_args(argv)
+    if args.assets_dir is not None:
+        return _main_assets(args)
     release_dir: Path = args.release_dir
     try:
-        manifest = publish(args.version, release_dir, args.base_url, binary=args.binary)
+        manifest = publish(args.version, release_dir, args.base_url, binary=args.binary,
+                           sign_key=args.sign_key)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +276,24 @@ def main(argv: list[str] | None = None) -> int:
         path = release_dir / "bin" / args.version / f"agent-{platform}"
         print(f"published {path} sha256={entry['sha256']} size={entry['size']}")
     print(f"published {release_dir / MANIFEST_NAME} version={args.version} ({args.base_url})")
+    if args.sign_key is not None:
+        print(f"signed {release_dir / SIGNATURE_NAME} with {args.sign_key}")
+    return 0
+
+
+def _main_assets(args: argparse.Namespace) -> int:
+    try:
+        manifest = write_assets(args.version, args.assets_dir, github_repo=args.github_repo,
+                                base_url=args.base_url, binary=args.binary,
+                                sign_key=args.sign_key)
+    except ReleaseError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 1
+    names = sorted(p.name for p in Path(args.assets_dir).iterdir() if not p.name.startswith("."))
+    print(f"assets for v{manifest['version']} in {args.assets_dir}: {', '.join(names)}")
     return 0
 
 

@@ -248,3 +248,33 @@ def fast_args(server: UpdateServer, launcher: Launcher, **over: str) -> list[str
         if v:
             args += [k, v]
     return args
+
+
+@pytest.fixture(scope="session")
+def ca() -> Any:
+    """A test certificate authority (``trustme``); servers get certificates from it."""
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test CA's certificate as a PEM file, for ``--ca-file``."""
+    path: Path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def https_args(launcher: Launcher, *source: str, ca_file: Path | None = None,
+               **over: str) -> list[str]:
+    """Launcher flags for https tests: like :func:`fast_args`, but without ``--allow-http``."""
+    opts = {"--poll-interval": "0.3", "--jitter": "0", "--health-window": "1.5",
+            "--stop-grace": "3", "--health-url": launcher.health_url, **over}
+    args = list(source)
+    if ca_file is not None:
+        args += ["--ca-file", str(ca_file)]
+    for k, v in opts.items():
+        if v:
+            args += [k, v]
+    return args

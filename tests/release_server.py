@@ -11,15 +11,23 @@ connection closes), ``truncate`` (announces ``declared_length`` and closes early
 ``stall`` (headers, then nothing). ``Route.redirect`` answers with a Location. ETag and
 Last-Modified are sent and answered with 304 when the request's validators match.
 Every request is recorded in ``server.requests``.
+
+``ReleaseServer(ssl_context=ctx)`` serves https instead (see :func:`tls_context` for a
+server context from a ``trustme`` CA); ``host`` is the name :meth:`ReleaseServer.url` uses.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import trustme
 
 Behaviour = Literal["normal", "close", "truncate", "trickle", "endless", "stall"]
 
@@ -46,12 +54,23 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    at: float = field(default_factory=time.time)  # wall clock, as rate-limit resets are
+
+
+def tls_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate from ``ca`` for ``localhost`` and ``127.0.0.1``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    return context
 
 
 class ReleaseServer:
     """Threaded HTTP server on 127.0.0.1:<ephemeral>; a context manager that stops cleanly."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.ssl_context = ssl_context
+        self.host = host
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
         self.stopping = threading.Event()
@@ -62,7 +81,8 @@ class ReleaseServer:
         self.routes[path] = route
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}{path}"
 
     @property
     def port(self) -> int:
@@ -72,6 +92,11 @@ class ReleaseServer:
     def __enter__(self) -> ReleaseServer:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         httpd.daemon_threads = True
+        if self.ssl_context is not None:
+            # The handshake happens in the handler's thread, so a client that never
+            # completes it cannot block the accept loop.
+            httpd.socket = self.ssl_context.wrap_socket(
+                httpd.socket, server_side=True, do_handshake_on_connect=False)
         httpd.release = self  # type: ignore[attr-defined]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
@@ -96,6 +121,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.settimeout(10)
+            try:
+                self.connection.do_handshake()
+            except OSError:  # an untrusting client aborts the handshake: tests do that
+                self.close_connection = True
+                return
+            self.connection.settimeout(None)
+        super().handle()
 
     def do_GET(self) -> None:
         release: ReleaseServer = self.server.release  # type: ignore[attr-defined]

@@ -30,3 +30,11 @@ class Source(Protocol):
     """A place manifests come from."""
 
     def fetch(self, validators: Validators | None) -> FetchResult: ...
+
+    def fetch_signature(self, max_bytes: int) -> bytes:
+        """The manifest's detached minisign signature, read up to ``max_bytes``.
+
+        Asked for right after a full ``fetch`` when public keys are configured; a missing
+        one raises SignatureError.
+        """
+        ...

@@ -19,7 +19,14 @@ from importlib import metadata
 import certifi
 import httpx
 
-from launcher.errors import ConfigError, InsecureError, ManifestError, TransportError
+from launcher.errors import (
+    ConfigError,
+    InsecureError,
+    ManifestError,
+    SignatureError,
+    SourceError,
+    TransportError,
+)
 from launcher.sources.base import FetchResult, Validators
 
 __all__ = [
@@ -232,14 +239,36 @@ class HttpSource:
         body = self._read_capped(response)
         return FetchResult(not_modified=False, body=body, validators=received)
 
-    def _read_capped(self, response: httpx.Response) -> bytes:
-        too_large = ManifestError(f"manifest larger than {self._max_bytes} bytes")
+    def _read_capped(self, response: httpx.Response, limit: int | None = None,
+                     too_large: SourceError | None = None) -> bytes:
+        limit = self._max_bytes if limit is None else limit
+        too_large = too_large or ManifestError(f"manifest larger than {limit} bytes")
         announced = response.headers.get("content-length", "")
-        if announced.isdigit() and int(announced) > self._max_bytes:
+        if announced.isdigit() and int(announced) > limit:
             raise too_large
         body = bytearray()
         for chunk in iter_raw_body(response):
             body += chunk
-            if len(body) > self._max_bytes:
+            if len(body) > limit:
                 raise too_large
         return bytes(body)
+
+    def fetch_signature(self, max_bytes: int) -> bytes:
+        """The detached signature beside the manifest (``<path>.minisig``), unconditionally.
+
+        404 or 410 is a missing signature (:class:`SignatureError`); other failures are the
+        transport's, like the manifest's own.
+        """
+        parts = httpx.URL(self.url)
+        url = str(parts.copy_with(path=parts.path + ".minisig"))
+        try:
+            with self._client.stream("GET", url) as response:
+                if response.status_code in (404, 410):
+                    raise SignatureError(f"missing signature: GET {url} answered "
+                                         f"{response.status_code}")
+                if not response.is_success:
+                    raise status_error("signature request to", response, self._now)
+                return self._read_capped(response, max_bytes, SignatureError(
+                    f"signature file {url} larger than {max_bytes} bytes"))
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise transport_error(url, exc) from exc

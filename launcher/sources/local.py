@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from launcher.errors import ConfigError, ManifestError, TransportError
+from launcher.errors import ConfigError, ManifestError, SignatureError, TransportError
 from launcher.sources.base import FetchResult, Validators
 
 logger = logging.getLogger(__name__)
@@ -51,3 +51,19 @@ class LocalSource:
         if len(body) > self._max_bytes:
             raise ManifestError(f"manifest larger than {self._max_bytes} bytes")
         return FetchResult(not_modified=False, body=body, validators=current)
+
+    def fetch_signature(self, max_bytes: int) -> bytes:
+        """``version.json.minisig`` beside the manifest file; absent is a SignatureError."""
+        path = self.path.with_name(self.path.name + ".minisig")
+        try:
+            with path.open("rb") as file:
+                data = file.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise SignatureError(f"missing signature: {path} does not exist") from None
+        except OSError as exc:
+            raise TransportError(
+                f"cannot read signature {path}: {exc.strerror or exc}"
+            ) from exc
+        if len(data) > max_bytes:
+            raise SignatureError(f"signature file {path} larger than {max_bytes} bytes")
+        return data
