@@ -29,9 +29,20 @@ _DEFAULTS = {
 }
 
 
+# The launcher's own settings and its source credentials are none of the agent's business.
+AGENT_ONLY_SCRUBBED = ("NGINX_MANAGER_", "GITHUB_TOKEN")
+
+
 def child_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for our helpers (workers): without systemd's per-process variables."""
     env = dict(os.environ if base is None else base)
     return {k: v for k, v in env.items() if not k.startswith(SCRUBBED_PREFIXES)}
+
+
+def agent_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the agent: also without the launcher's settings and credentials."""
+    return {k: v for k, v in child_environ(base).items()
+            if not k.startswith(AGENT_ONLY_SCRUBBED)}
 
 
 def spawn(

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from launcher import control, install, policy
-from launcher.child import Child, child_environ, run_capture
+from launcher.child import Child, agent_environ, child_environ, run_capture
 from launcher.errors import ConfigError, HostError
 from launcher.journal import (
     Build,
@@ -49,6 +49,7 @@ EXIT_SWAPPED = 100
 MAX_TRIAL_RESTARTS = 2  # container restarts during a trial, beyond the one the swap asks for
 TERMINATION_LOG = Path("/dev/termination-log")
 STABLE_RUN_S = 60.0  # a child up this long resets the crash backoff
+HEALTH_GRACE_S = 10.0  # least time a (re)started trial child gets to answer its health URL
 UNHEALTHY_PROBES = 3  # consecutive failed probes after a healthy one fail the trial
 WORKER_GRACE_S = 2.0
 
@@ -275,7 +276,7 @@ class Supervisor:
         assert current is not None
         try:
             self.child = Child.start(f"agent {current.version}", self._agent_argv(),
-                                     child_environ(self.env), self.reaper)
+                                     agent_environ(self.env), self.reaper)
         except OSError as exc:
             log.error("cannot start agent %s: %s", self.s.agent_path, exc)
             self.child = None
@@ -381,6 +382,12 @@ class Supervisor:
         self.state = self._save(dataclasses.replace(self.state, trial=trial))
         if run >= self.s.health_window_s:
             if self.s.health_url and not self.last_probe_ok:
+                # A child restarted late in its window (the launcher was restarted) gets a
+                # fair chance to come up before its health is judged.
+                age = time.monotonic() - self.child.started
+                if age < min(self.s.health_window_s, HEALTH_GRACE_S):
+                    self.tick_at = time.monotonic() + self._tick_interval()
+                    return
                 what = "was not healthy at the end of" if trial.healthy_seen else "never answered"
                 self._fail_trial(f"agent {what} {self.s.health_url} "
                                  f"during its {self.s.health_window_s:g}s health window")
@@ -546,6 +553,8 @@ class Supervisor:
         st = dataclasses.replace(st, consecutive_failures=0, last_error=None,
                                  etag=None if staged else _str(r.get("etag")),
                                  last_modified=None if staged else _str(r.get("last_modified")))
+        if isinstance(r.get("version"), str):
+            st = dataclasses.replace(st, extra={**st.extra, "last_seen_version": r["version"]})
         self.state = self._save(st)
         if staged:
             build = Build(str(r["version"]), str(r["sha256"]))

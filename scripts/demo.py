@@ -46,7 +46,7 @@ def wait(what: str, check: Callable[[], object], timeout: float = 30.0) -> objec
 
 def health(url: str) -> dict[str, object] | None:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL)
+        with urllib.request.urlopen(url, timeout=1) as resp:
             data: dict[str, object] = json.loads(resp.read())
             return data
     except (OSError, ValueError):

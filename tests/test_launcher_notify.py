@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -25,10 +26,8 @@ def test_ready_status_watchdog_stopping_reach_the_manager(tmp_path: Path) -> Non
     got: list[str] = []
 
     def receive() -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             got.append(manager.recv(4096).decode())
-        except TimeoutError:
-            pass
 
     try:
         wait_until(lambda: receive() or sum("WATCHDOG=1" in m for m in got) >= 3, 10,

@@ -209,7 +209,8 @@ def test_agent_gets_clean_signal_state_and_environment(tmp_path: Path,
                          f"{dump}.tmp; mv {dump}.tmp {dump}\nexec sleep 60")
     n = Namespaced(tmp_path, agent, env={"NOTIFY_SOCKET": str(tmp_path / "nosock"),
                                          "WATCHDOG_USEC": "100000000", "LISTEN_FDS": "1",
-                                         "LISTEN_PID": "1", "KEEP_ME": "yes"},
+                                         "LISTEN_PID": "1", "KEEP_ME": "yes",
+                                         "GITHUB_TOKEN": "secret"},
                    preexec=_ignore_and_block)
     ns.append(n)
     wait_until(dump.exists, 10, "agent dump")
@@ -221,6 +222,7 @@ def test_agent_gets_clean_signal_state_and_environment(tmp_path: Path,
     # real-time signals (32, 33) ignored; glibc programs reinstall those themselves.
     assert ignored & 0x7FFFFFFF == 0, hex(ignored)
     assert "NOTIFY_SOCKET" not in text and "WATCHDOG_" not in text and "LISTEN_" not in text
+    assert "GITHUB_TOKEN" not in text and "NGINX_MANAGER_" not in text
     assert "KEEP_ME=yes" in text
     assert n.stop() == 0
 
