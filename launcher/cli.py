@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from launcher.supervisor import Supervisor
 
     s = load_settings(args)
-    return Supervisor(s).run()
+    return Supervisor(s, config_file=args.config, reload=lambda: load_settings(args)).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from launcher.errors import ChecksumError, DownloadError, HostError
+from launcher.errors import ChecksumError, DownloadError, HostError, TransportError
 from launcher.sources.http import iter_raw_body, status_error, transport_error
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,59 @@ def download(
         path.unlink(missing_ok=True)
         raise
     logger.info("downloaded %s (%d bytes) to %s", url, transfer.received, path)
+    return path
+
+
+def copy_local(
+    source: Path,
+    dest_dir: Path,
+    *,
+    expected_sha256: str,
+    expected_size: int | None,
+    max_bytes: int = 1 << 30,
+) -> Path:
+    """A binary from a local release directory (``file://``), under the same rules as a
+    download: a temp file beside the target, capped, hashed while written, verified."""
+    limit = expected_size if expected_size is not None else max_bytes
+    if limit > max_bytes:
+        raise DownloadError(f"binary of {limit} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        src = source.open("rb")
+    except OSError as exc:
+        raise TransportError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    try:
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest_dir)
+    except OSError as exc:
+        src.close()
+        raise HostError(
+            f"cannot create a temporary file in {dest_dir}: {exc.strerror or exc}"
+        ) from exc
+    path = Path(name)
+    hasher = hashlib.sha256()
+    received = 0
+    try:
+        with src:
+            try:
+                writer = _FileWriter(fd, path)
+                while chunk := src.read(1 << 20):
+                    received += len(chunk)
+                    if received > limit:
+                        raise DownloadError(f"{source} is larger than {limit} bytes")
+                    hasher.update(chunk)
+                    writer.write(chunk)
+                if expected_size is not None and received < expected_size:
+                    raise DownloadError(f"truncated file: got {received} of {expected_size} "
+                                        f"bytes from {source}")
+                if hasher.hexdigest() != expected_sha256.lower():
+                    raise ChecksumError(f"sha256 mismatch for {source}: expected "
+                                        f"{expected_sha256.lower()}, got {hasher.hexdigest()}")
+                _finish(fd, path)
+            finally:
+                os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    logger.info("copied %s (%d bytes) to %s", source, received, path)
     return path
 
 

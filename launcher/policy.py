@@ -3,10 +3,10 @@
 No I/O and no hidden state: every input is a value, randomness comes in as ``rng``, so each
 rule is tested by calling it.
 
-Back-off after failed checks uses *equal jitter*: with ``base = poll_interval * 2^(n-1)``
-(at most ``8 * poll_interval``) the delay is uniform in ``[base/2, base]``. The fleet spreads
-out, yet no retry comes sooner than half the nominal back-off. With ``jitter_s == 0`` nothing
-is random and the delay is exactly ``base``.
+Back-off after failed checks uses *full jitter* (as the production issue asks): with
+``base = poll_interval * 2^(n-1)`` (at most ``8 * poll_interval``) the delay is uniform in
+``[0, base]``, which spreads a fleet's retries after a shared outage the most evenly. With
+``jitter_s == 0`` nothing is random and the delay is exactly ``base``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def next_poll_delay(
         delay = poll_interval_s + (rng.uniform(0.0, jitter_s) if jitter_s > 0 else 0.0)
     else:
         base = backoff_base(poll_interval_s, consecutive_failures)
-        delay = rng.uniform(base / 2, base) if jitter_s > 0 else base
+        delay = rng.uniform(0.0, base) if jitter_s > 0 else base
     if retry_after_s is not None:
         delay = max(delay, min(max(retry_after_s, 0.0), RETRY_AFTER_CAP_S))
     return delay

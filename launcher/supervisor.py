@@ -74,8 +74,15 @@ class Supervisor:
         wall: Callable[[], float] = time.time,
         environ: dict[str, str] | None = None,
         fault: install.FaultHook | None = None,
+        config_file: Path | None = None,
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.s = settings
+        self.config_file = config_file.resolve() if config_file is not None else None
+        self.reload = reload
+        self.watcher: Worker | None = None  # the file watcher: same plumbing as a worker
+        self.watcher_restart_at: float | None = None
+        self.recheck = False
         self.rng = rng or random.Random()
         self.wall = wall
         self.env = dict(os.environ if environ is None else environ)
@@ -147,6 +154,7 @@ class Supervisor:
         except OSError as exc:
             log.warning("control socket unavailable (%s); rollback/unblock need the launcher "
                         "stopped", exc)
+        self._start_watcher()
         if self.state.phase == "trial":
             self._resume_trial()
         if self.state.current is not None and self.child is None and self.restart_at is None:
@@ -175,6 +183,7 @@ class Supervisor:
                  trial.run_time_s, self.s.health_window_s)
 
     def _shutdown(self) -> None:
+        self._stop_watcher()
         if self.worker is not None:
             self.worker.proc.stop(WORKER_GRACE_S)
             self._close_worker()
@@ -195,6 +204,8 @@ class Supervisor:
                 self.reaper.drain_wakeup()
             elif key.data == "worker":
                 self._read_worker()
+            elif key.data == "watch":
+                self._read_watcher()
             elif key.data == "control" and self.control is not None:
                 self.control.accept()
         self.reaper.reap()
@@ -206,13 +217,16 @@ class Supervisor:
             self._on_child_exit(status)
         if self.worker is not None and self.worker.eof and self.worker.proc.poll() is not None:
             self._on_worker_done()
-        keep = {p.proc.pid for p in [self.worker] if p} | {c.pid for c in [self.child] if c}
+        if self.watcher is not None and self.watcher.proc.poll() is not None:
+            self._on_watcher_exit()
+        keep = ({p.proc.pid for p in (self.worker, self.watcher) if p}
+                | {c.pid for c in [self.child] if c})
         self.reaper.forget_others(keep)
         self._run_timers()
 
     def _timeout(self) -> float | None:
-        deadlines = [t for t in (self.next_check, self.restart_at, self.tick_at, self.watchdog_at)
-                     if t is not None]
+        deadlines = [t for t in (self.next_check, self.restart_at, self.tick_at, self.watchdog_at,
+                                 self.watcher_restart_at) if t is not None]
         if self.worker is not None:
             deadlines.append(self.worker.proc.started + self._worker_limit_s())
         if not deadlines:
@@ -221,6 +235,9 @@ class Supervisor:
 
     def _run_timers(self) -> None:
         now = time.monotonic()
+        if self.watcher_restart_at is not None and now >= self.watcher_restart_at:
+            self.watcher_restart_at = None
+            self._start_watcher()
         if self.watchdog_at is not None and now >= self.watchdog_at and self.watchdog_s:
             self.notify.watchdog()
             self.watchdog_at = now + self.watchdog_s
@@ -560,7 +577,130 @@ class Supervisor:
             build = Build(str(r["version"]), str(r["sha256"]))
             self._apply(build, str(r["file"]))
             return
-        self._schedule_check(self._poll_delay(0, None, self.rng))
+        self._schedule_check(0.0 if self._take_recheck() else
+                             self._poll_delay(0, None, self.rng))
+
+    def _take_recheck(self) -> bool:
+        recheck, self.recheck = self.recheck, False
+        return recheck
+
+    # ---- watched files: a file:// manifest, the config file ------------------------------
+
+    def _watch_paths(self) -> list[str]:
+        paths = []
+        url = self.s.manifest_url or ""
+        if url.startswith("file://"):
+            paths.append(str(Path(urlsplit(url).path).resolve()))
+        if self.config_file is not None and self.reload is not None:
+            paths.append(str(self.config_file))
+        return paths
+
+    def _start_watcher(self) -> None:
+        paths = self._watch_paths()
+        if not paths or self.stopping:
+            return
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            proc = Child.start("file watcher", [sys.executable, "-m", "launcher.watch", *paths],
+                               self._python_env(), self.reaper, stdin_fd=devnull,
+                               stdout_fd=out_w)
+        except OSError as exc:
+            log.warning("cannot start the file watcher (%s); changes are seen at the next "
+                        "poll", exc)
+            os.close(out_r)
+            return
+        finally:
+            os.close(out_w)
+            os.close(devnull)
+        os.set_blocking(out_r, False)
+        self.watcher = Worker(proc, out_r, self.epoch)
+        self.sel.register(out_r, selectors.EVENT_READ, "watch")
+
+    def _stop_watcher(self) -> None:
+        if self.watcher is None:
+            return
+        self.watcher.proc.stop(WORKER_GRACE_S)
+        if not self.watcher.eof:
+            self.sel.unregister(self.watcher.fd)
+        os.close(self.watcher.fd)
+        self.watcher = None
+
+    def _read_watcher(self) -> None:
+        assert self.watcher is not None
+        try:
+            chunk = os.read(self.watcher.fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.watcher.eof = True
+            self.sel.unregister(self.watcher.fd)
+            return
+        self.watcher.buf += chunk
+        *lines, rest = bytes(self.watcher.buf).split(b"\n")
+        self.watcher.buf = bytearray(rest)
+        for line in lines:
+            self._on_file_changed(line.decode(errors="replace").strip())
+
+    def _on_watcher_exit(self) -> None:
+        assert self.watcher is not None
+        status = self.watcher.proc.poll()
+        assert status is not None
+        if not self.watcher.eof:
+            self.sel.unregister(self.watcher.fd)
+        os.close(self.watcher.fd)
+        self.watcher = None
+        if not self.stopping:
+            log.warning("file watcher %s; restarting it in 5s", decode_status(status)[1])
+            self.watcher_restart_at = time.monotonic() + 5.0
+
+    def _on_file_changed(self, path: str) -> None:
+        if self.config_file is not None and path == str(self.config_file):
+            self._reload_settings()
+        elif path in self._watch_paths():
+            log.info("%s changed: checking now", path)
+            self._check_soon()
+
+    def _check_soon(self) -> None:
+        if self.worker is not None:
+            self.recheck = True
+        elif self.state.phase != "trial" and self.s.manifest_url:
+            self._schedule_check(0.0)
+
+    def _reload_settings(self) -> None:
+        assert self.reload is not None
+        try:
+            new = self.reload()
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running settings: %s", exc)
+            return
+        fixed = {"state_dir": self.s.state_dir, "mode": self.s.mode}
+        for name, value in fixed.items():
+            if getattr(new, name) != value:
+                log.warning("config: %s changes only at the next start", name)
+        new = dataclasses.replace(new, **fixed)  # type: ignore[arg-type]
+        changed = [f.name for f in dataclasses.fields(Settings)
+                   if getattr(new, f.name) != getattr(self.s, f.name)]
+        if not changed:
+            return
+        log.info("config reloaded: %s changed", ", ".join(changed))
+        old_paths = self._watch_paths()
+        source_changed = new.manifest_url != self.s.manifest_url
+        self.s = new
+        if source_changed:
+            self.epoch += 1
+            self.state = self._save(dataclasses.replace(self.state, etag=None,
+                                                        last_modified=None))
+        if self._watch_paths() != old_paths:
+            self._stop_watcher()
+            self._start_watcher()
+        if not self.s.manifest_url:
+            self.next_check = None
+        elif self.worker is None and self.state.phase != "trial":
+            delay = 0.0 if source_changed else self._poll_delay(0, None, self.rng)
+            self._schedule_check(delay)
+        elif source_changed:
+            self.recheck = True
 
     # ---- swap ---------------------------------------------------------------------
 

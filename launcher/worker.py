@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -127,14 +127,22 @@ def _check(
     log.info("Update found: %s. Synchronizing...", manifest.version)
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
+    if urlsplit(binary.url).scheme == "file" and urlsplit(s["manifest_url"]).scheme != "file":
+        raise InsecureError(f"refusing local file URL {binary.url} from a remote manifest")
     if urlsplit(binary.url).scheme == "http" and not s.get("allow_http"):
         raise InsecureError(f"refusing plain http URL {binary.url}: use https or --allow-http")
-    staged = download.download(
-        client, binary.url, bin_dir,
-        expected_sha256=binary.sha256, expected_size=binary.size,
-        max_bytes=int(s["max_binary_bytes"]), deadline_s=float(s["download_deadline_s"]),
-        min_speed_bps=float(s["min_speed_bps"]),
-    )
+    if urlsplit(binary.url).scheme == "file":
+        staged = download.copy_local(
+            Path(unquote(urlsplit(binary.url).path)), bin_dir,
+            expected_sha256=binary.sha256, expected_size=binary.size,
+            max_bytes=int(s["max_binary_bytes"]))
+    else:
+        staged = download.download(
+            client, binary.url, bin_dir,
+            expected_sha256=binary.sha256, expected_size=binary.size,
+            max_bytes=int(s["max_binary_bytes"]), deadline_s=float(s["download_deadline_s"]),
+            min_speed_bps=float(s["min_speed_bps"]),
+        )
     _fault("downloaded")
     try:
         preflight.preflight(staged, manifest.version)

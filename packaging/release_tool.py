@@ -147,8 +147,9 @@ def publish(
 ) -> dict[str, Any]:
     """Publish ``version`` into ``release_dir``; return the manifest written."""
     check_version(version)
-    if not base_url.startswith(("http://", "https://")):
-        raise ReleaseError(f"base URL {base_url!r} must start with http:// or https://")
+    if not base_url.startswith(("http://", "https://", "file:///")):
+        raise ReleaseError(f"base URL {base_url!r} must start with http://, https:// or "
+                           "file:/// (a local release directory)")
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
     secret = _load_sign_key(sign_key) if sign_key is not None else None

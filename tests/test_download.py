@@ -372,3 +372,24 @@ def test_read_only_dest_dir_is_a_host_error(
     read_only = mount_tmpfs("ro,size=64k")
     with pytest.raises(HostError, match="Read-only file system"):
         fetch(client, "https://u.example/agent", read_only)
+
+
+def test_copy_local_verifies_like_a_download(tmp_path: Path) -> None:
+    """A file:// binary goes through the same cap, hash and temp-file rules."""
+    from launcher.download import copy_local
+
+    src = tmp_path / "agent"
+    src.write_bytes(b"x" * 1000)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    dest = tmp_path / "bin"
+    dest.mkdir()
+    staged = copy_local(src, dest, expected_sha256=sha, expected_size=1000)
+    assert staged.read_bytes() == src.read_bytes() and os.access(staged, os.X_OK)
+    staged.unlink()
+    with pytest.raises(ChecksumError):
+        copy_local(src, dest, expected_sha256="0" * 64, expected_size=None)
+    with pytest.raises(DownloadError, match="larger than 999"):
+        copy_local(src, dest, expected_sha256=sha, expected_size=999)
+    with pytest.raises(DownloadError, match="truncated"):
+        copy_local(src, dest, expected_sha256=sha, expected_size=2000)
+    assert list(dest.iterdir()) == []

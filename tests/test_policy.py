@@ -147,11 +147,12 @@ def test_jitter_zero_draws_nothing() -> None:
         next_poll_delay(5, 0, failures, 7, rng)
 
 
-def test_backoff_with_jitter_stays_between_half_and_full_base() -> None:
+def test_backoff_with_full_jitter_spreads_over_zero_to_base() -> None:
     rng = seeded(4)
     for failures, base in [(1, 10), (2, 20), (3, 40), (4, 80), (9, 80)]:
-        delays = [next_poll_delay(10, 3, failures, None, rng) for _ in range(100)]
-        assert all(base / 2 <= d <= base for d in delays)
+        delays = [next_poll_delay(10, 3, failures, None, rng) for _ in range(200)]
+        assert all(0 <= d <= base for d in delays)
+        assert min(delays) < base / 4 and max(delays) > base * 3 / 4  # the whole range
 
 
 def test_retry_after_lengthens_but_is_capped_at_an_hour() -> None:

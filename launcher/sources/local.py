@@ -67,3 +67,4 @@ class LocalSource:
         if len(data) > max_bytes:
             raise SignatureError(f"signature file {path} larger than {max_bytes} bytes")
         return data
+
