@@ -55,14 +55,37 @@ WORKER_GRACE_S = 2.0
 
 
 class Worker:
-    """A running update check: its process and the result line it is writing."""
+    """A helper process whose stdout the loop reads: an update check or the file watcher."""
 
-    def __init__(self, proc: Child, stdout_fd: int, epoch: int) -> None:
+    MAX_OUTPUT = 1 << 20
+
+    def __init__(self, proc: Child, stdout_fd: int, epoch: int,
+                 sel: selectors.BaseSelector, tag: str) -> None:
         self.proc = proc
         self.epoch = epoch  # the supervisor's decision epoch when the check started
         self.fd = stdout_fd
         self.buf = bytearray()
         self.eof = False
+        self.sel = sel
+        os.set_blocking(stdout_fd, False)
+        sel.register(stdout_fd, selectors.EVENT_READ, tag)
+
+    def read(self) -> None:
+        """Take what the pipe holds (capped); notes the end of output."""
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.eof = True
+            self.sel.unregister(self.fd)
+        elif len(self.buf) < self.MAX_OUTPUT:
+            self.buf += chunk
+
+    def close(self) -> None:
+        if not self.eof:
+            self.sel.unregister(self.fd)
+        os.close(self.fd)
 
 
 class Supervisor:
@@ -202,8 +225,8 @@ class Supervisor:
         for key, _ in self.sel.select(timeout):
             if key.data == "wakeup":
                 self.reaper.drain_wakeup()
-            elif key.data == "worker":
-                self._read_worker()
+            elif key.data == "worker" and self.worker is not None:
+                self.worker.read()
             elif key.data == "watch":
                 self._read_watcher()
             elif key.data == "control" and self.control is not None:
@@ -500,29 +523,12 @@ class Supervisor:
             os.close(out_w)
         with os.fdopen(in_w, "wb") as pipe:
             pipe.write(json.dumps(request).encode())
-        os.set_blocking(out_r, False)
-        self.worker = Worker(proc, out_r, self.epoch)
-        self.sel.register(out_r, selectors.EVENT_READ, "worker")
-
-    def _read_worker(self) -> None:
-        assert self.worker is not None
-        try:
-            chunk = os.read(self.worker.fd, 65536)
-        except BlockingIOError:
-            return
-        if chunk and len(self.worker.buf) < 1 << 20:
-            self.worker.buf += chunk
-        elif not chunk:
-            self.worker.eof = True
-            self.sel.unregister(self.worker.fd)
+        self.worker = Worker(proc, out_r, self.epoch, self.sel, "worker")
 
     def _close_worker(self) -> None:
-        if self.worker is None:
-            return
-        if not self.worker.eof:
-            self.sel.unregister(self.worker.fd)
-        os.close(self.worker.fd)
-        self.worker = None
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
 
     def _on_worker_done(self) -> None:
         assert self.worker is not None
@@ -613,30 +619,18 @@ class Supervisor:
         finally:
             os.close(out_w)
             os.close(devnull)
-        os.set_blocking(out_r, False)
-        self.watcher = Worker(proc, out_r, self.epoch)
-        self.sel.register(out_r, selectors.EVENT_READ, "watch")
+        self.watcher = Worker(proc, out_r, self.epoch, self.sel, "watch")
 
     def _stop_watcher(self) -> None:
         if self.watcher is None:
             return
         self.watcher.proc.stop(WORKER_GRACE_S)
-        if not self.watcher.eof:
-            self.sel.unregister(self.watcher.fd)
-        os.close(self.watcher.fd)
+        self.watcher.close()
         self.watcher = None
 
     def _read_watcher(self) -> None:
         assert self.watcher is not None
-        try:
-            chunk = os.read(self.watcher.fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.watcher.eof = True
-            self.sel.unregister(self.watcher.fd)
-            return
-        self.watcher.buf += chunk
+        self.watcher.read()
         *lines, rest = bytes(self.watcher.buf).split(b"\n")
         self.watcher.buf = bytearray(rest)
         for line in lines:
@@ -646,9 +640,7 @@ class Supervisor:
         assert self.watcher is not None
         status = self.watcher.proc.poll()
         assert status is not None
-        if not self.watcher.eof:
-            self.sel.unregister(self.watcher.fd)
-        os.close(self.watcher.fd)
+        self.watcher.close()
         self.watcher = None
         if not self.stopping:
             log.warning("file watcher %s; restarting it in 5s", decode_status(status)[1])

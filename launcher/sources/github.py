@@ -33,7 +33,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from launcher.errors import ManifestError, SignatureError, SourceError, TransportError
 from launcher.sources.base import FetchResult, Validators
-from launcher.sources.http import iter_raw_body, parse_retry_after, status_error, transport_error
+from launcher.sources.http import (
+    parse_retry_after,
+    read_capped,
+    status_error,
+    transport_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -297,13 +302,4 @@ def _required(release: Release, name: str, error: type[SourceError]) -> Asset:
 
 def _read_capped(response: httpx.Response, limit: int, what: str,
                  error: type[SourceError] = ManifestError) -> bytes:
-    too_large = error(f"{what} larger than {limit} bytes")
-    announced = response.headers.get("content-length", "")
-    if announced.isdigit() and int(announced) > limit:
-        raise too_large
-    body = bytearray()
-    for chunk in iter_raw_body(response):
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+    return read_capped(response, limit, error(f"{what} larger than {limit} bytes"))

@@ -182,6 +182,19 @@ def iter_raw_body(response: httpx.Response, chunk_size: int | None = None) -> It
     yield from response.iter_raw(chunk_size)
 
 
+def read_capped(response: httpx.Response, limit: int, too_large: SourceError) -> bytes:
+    """The whole body, refused with ``too_large`` past ``limit`` bytes (announced or sent)."""
+    announced = response.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        raise too_large
+    body = bytearray()
+    for chunk in iter_raw_body(response):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
     if value is None:
@@ -242,16 +255,8 @@ class HttpSource:
     def _read_capped(self, response: httpx.Response, limit: int | None = None,
                      too_large: SourceError | None = None) -> bytes:
         limit = self._max_bytes if limit is None else limit
-        too_large = too_large or ManifestError(f"manifest larger than {limit} bytes")
-        announced = response.headers.get("content-length", "")
-        if announced.isdigit() and int(announced) > limit:
-            raise too_large
-        body = bytearray()
-        for chunk in iter_raw_body(response):
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
+        return read_capped(response, limit,
+                           too_large or ManifestError(f"manifest larger than {limit} bytes"))
 
     def fetch_signature(self, max_bytes: int) -> bytes:
         """The detached signature beside the manifest (``<path>.minisig``), unconditionally.
