@@ -30,6 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
+JOURNAL_ERRORS = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
 PHASES = ("empty", "committed", "swapping", "trial", "rolling_back")
 
 
@@ -203,6 +204,9 @@ class Journal:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "state.json"
+        # The journal before the last write, kept by a hard link (no data written): if
+        # state.json is ever torn below the filesystem, the bad list is not lost with it.
+        self.backup = state_dir / "state.json.prev"
 
     def load(self) -> State | None:
         """The stored state; None when there is none or it was unreadable (set aside)."""
@@ -212,11 +216,17 @@ class Journal:
             return None
         try:
             return from_dict(json.loads(raw))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except JOURNAL_ERRORS as exc:
             aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
             os.replace(self.path, aside)
             log.error("journal %s is unreadable (%s); set aside as %s", self.path, exc, aside.name)
+        try:
+            state = from_dict(json.loads(self.backup.read_bytes()))
+        except (OSError, *JOURNAL_ERRORS):
             return None
+        log.warning("recovered the journal from %s (one step older; the files decide the rest)",
+                    self.backup.name)
+        return state
 
     def read_only(self) -> State | None:
         """The stored state without setting anything aside (for ``status``)."""
@@ -227,6 +237,14 @@ class Journal:
 
     def save(self, state: State) -> State:
         state = dataclasses.replace(state, updated_at=utc_iso())
+        link = self.path.with_name(".state.json.prev-link")
+        try:
+            link.unlink(missing_ok=True)
+            os.link(self.path, link)
+            os.replace(link, self.backup)
+            link.unlink(missing_ok=True)  # left when both names were already one file
+        except FileNotFoundError:
+            pass
         write_atomic(self.path, to_json(state).encode() + b"\n")
         return state
 

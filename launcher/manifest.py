@@ -13,6 +13,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 from packaging.version import InvalidVersion, Version
 from pydantic import (
@@ -43,6 +44,17 @@ class Binary(_Model):
     url: Annotated[str, Field(min_length=1)]
     sha256: str
     size: Annotated[int | None, Field(default=None, gt=0, strict=True)] = None
+
+    @field_validator("url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if parts.scheme not in ("https", "http", "file"):
+            raise ValueError("must be an https:// (or http://, file://) URL")
+        return value
 
     @field_validator("sha256")
     @classmethod
@@ -107,6 +119,8 @@ def parse_manifest(data: bytes) -> Manifest:
         raise ManifestError(f"manifest is not valid UTF-8 text: {exc.reason}") from exc
     except ValueError as exc:  # NaN / Infinity, refused by _refuse_constant
         raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ManifestError("manifest is not valid JSON: nested too deeply") from exc
     if not isinstance(document, dict):
         raise ManifestError(f"manifest is not a JSON object (got {type(document).__name__})")
     try:

@@ -50,7 +50,7 @@ def decide(
     host without a cohort is admitted only at 100%). Versions must be valid PEP 440 versions
     (``InvalidVersion`` otherwise).
     """
-    from packaging.version import Version  # lazily: the resident never decides versions
+    from packaging.version import InvalidVersion, Version  # lazily: the resident never decides
 
     wanted = Version(candidate)
     sha = candidate_sha256.lower()
@@ -59,7 +59,16 @@ def decide(
         if is_bad(candidate, sha, bad):
             return Decision("none", bad_reason)
         return Decision("install", f"nothing installed: installing {candidate}")
-    if wanted <= Version(current):
+    try:
+        installed = Version(current)
+    except InvalidVersion:
+        # An installed build that cannot tell its version (garbage, or not our agent) is
+        # replaced like an empty slot, unless the candidate is itself marked bad.
+        if is_bad(candidate, sha, bad):
+            return Decision("none", bad_reason)
+        return Decision("install", f"installed version {current!r} is not a valid version: "
+                                   f"installing {candidate}")
+    if wanted <= installed:
         return Decision("none", f"{candidate} is not newer than {current}")
     if is_bad(candidate, sha, bad):
         return Decision("none", bad_reason)

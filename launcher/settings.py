@@ -219,6 +219,8 @@ def load(
             if opt.many:
                 values[opt.field] = tuple(opt.parse(item) for item in _items(raw))
             else:
+                if isinstance(raw, bool) and opt.key not in BOOL_FLAGS:
+                    raise ValueError(f"{raw!r} is not a valid value here")
                 values[opt.field] = raw if isinstance(raw, bool) else opt.parse(str(raw))
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
@@ -246,7 +248,7 @@ def validate(s: Settings) -> None:
     if s.github_repo is not None:
         _validate_github(s)
     elif s.manifest_url:
-        scheme = urlsplit(s.manifest_url).scheme
+        scheme = _scheme(s.manifest_url, "--manifest-url")
         if scheme not in ("https", "http", "file"):
             raise ConfigError(f"--manifest-url {s.manifest_url!r}: use an https:// URL "
                               "(or file:// for a local directory)")
@@ -264,6 +266,13 @@ def validate(s: Settings) -> None:
             load_public_key(path)  # ConfigError naming the file
 
 
+def _scheme(url: str, flag: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {url!r} is not a valid URL: {exc}") from exc
+
+
 def _validate_github(s: Settings) -> None:
     if not _GITHUB_REPO.fullmatch(s.github_repo or ""):
         raise ConfigError(f"--github-repo {s.github_repo!r}: use OWNER/NAME, e.g. "
@@ -271,7 +280,7 @@ def _validate_github(s: Settings) -> None:
     if s.manifest_url not in (None, github_latest_url(s.github_api_url, s.github_repo or "")):
         raise ConfigError("--manifest-url and --github-repo are both set: give only one "
                           "update source")
-    scheme = urlsplit(s.github_api_url).scheme
+    scheme = _scheme(s.github_api_url, "--github-api-url")
     if scheme not in ("https", "http") or not urlsplit(s.github_api_url).hostname:
         raise ConfigError(f"--github-api-url {s.github_api_url!r}: use an https:// URL")
     if scheme == "http" and not s.allow_http:

@@ -320,6 +320,8 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot start agent %s: %s", self.s.agent_path, exc)
             self.child = None
+            if not self.s.agent_path.exists() and self._repair_missing_agent():
+                return
             self._after_child_end(f"could not be started ({exc.strerror})", ran_s=0.0)
             return
         self.child_build = current
@@ -331,6 +333,23 @@ class Supervisor:
             self.trial_base_s = trial.run_time_s
             self.tick_at = time.monotonic() + self._tick_interval()
         self._save_child("running")
+
+    def _repair_missing_agent(self) -> bool:
+        """bin/agent was deleted under us: put back what the files allow (agent.old, the
+        seed) or fetch the current release. True when the repair took over."""
+        log.error("bin/agent is missing; repairing the installation")
+        self.tick_at = None
+        self.state = self._save(install.recover(self.state, self.s.bin_dir))
+        if self.state.current is None and self.s.seed_binary is not None:
+            self._seed(self.s.seed_binary)
+        if self.state.current is not None and self.s.agent_path.exists():
+            self._start_child()
+            return True
+        if self.s.manifest_url:
+            log.info("nothing left to restore: installing the current release")
+            self._check_soon()
+            return True
+        return False
 
     def _stop_child(self) -> int:
         assert self.child is not None
@@ -546,6 +565,8 @@ class Supervisor:
             result = {"outcome": "error", "error": f"worker: update check {words} "
                       "without a result"}
             install.clean_temp_files(self.s.bin_dir)
+        if result.get("outcome") == "fault":  # power-loss tests, as PID 1: see worker._fault
+            self._fault(str(result.get("point")))
         if stale and result.get("outcome") != "error":
             log.info("discarding a check result that predates an operator command; "
                      "checking again")
@@ -697,7 +718,8 @@ class Supervisor:
     # ---- swap ---------------------------------------------------------------------
 
     def _apply(self, build: Build, staged_file: str) -> None:
-        first = self.state.current is None
+        # Replacing nothing, or a build that cannot tell its version: no trial to run.
+        first = self.state.current is None or self.state.current.version == "unknown"
         try:
             self.state = self.journal.save_strict(dataclasses.replace(
                 self.state, phase="swapping", staged=Staged(build, staged_file)))
@@ -716,14 +738,19 @@ class Supervisor:
             log.error("swap to %s failed: %s; keeping %s", build.version, exc, self._version())
             install.clean_temp_files(self.s.bin_dir)
             self.state = self._save(dataclasses.replace(
-                self.state, phase="committed" if not first else "empty", staged=None,
+                self.state, phase="empty" if self.state.current is None else "committed",
+                staged=None,
                 last_error=HostError(f"swap failed: {exc}").describe()))
             self._schedule_check(self._poll_delay(1, None, self.rng))
             return
         if first:
+            if self.state.current is not None:  # an unidentifiable build: not worth keeping
+                (self.s.bin_dir / install.OLD).unlink(missing_ok=True)
             self.state = self._save(dataclasses.replace(
-                self.state, phase="committed", current=build, staged=None))
+                self.state, phase="committed", current=build, previous=None, staged=None))
             log.info("installed %s", build.version)
+            if self.child is not None and self.child.running:
+                self._stop_child()
             self._start_child()
             self._schedule_check(self._poll_delay(0, None, self.rng))
             return
@@ -860,6 +887,7 @@ def fault_from_env(environ: dict[str, str]) -> install.FaultHook | None:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(137)  # PID 1 of a namespace ignores its own SIGKILL
 
     return hook
 

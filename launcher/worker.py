@@ -178,6 +178,12 @@ def _fault(point: str) -> None:
         if proc.pid != os.getpid():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+    if resident.pid == 1:
+        # A namespace's init cannot be SIGKILLed from inside it: hand the fault point to the
+        # resident, whose own hook ends the namespace (it exits, and the kernel kills the rest).
+        sys.stdout.write(json.dumps({"outcome": "fault", "point": point}) + "\n")
+        sys.stdout.flush()
+        os._exit(137)
     resident.kill()
     os.kill(os.getpid(), signal.SIGKILL)
 
