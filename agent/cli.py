@@ -6,8 +6,10 @@ The only module that decides exit codes (see :mod:`agent.exit_codes`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -84,16 +86,23 @@ def configure_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def install_stop_handlers(stop: threading.Event, received: list[str]) -> None:
-    """SIGTERM and SIGINT only record; the main loop acts. Explicit, so PID 1 works too."""
+def install_stop_handlers(received: list[str]) -> int:
+    """SIGTERM and SIGINT only record; the main loop acts. Explicit, so PID 1 works too.
+
+    Returns the read end of a wakeup pipe the main loop sleeps on. The handler takes no
+    lock: setting a ``threading.Event`` from a handler can deadlock when the signal lands
+    while the main thread holds that event's lock inside ``wait()``.
+    """
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         received.append(signal.Signals(signum).name)
-        stop.set()
 
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return rfd
 
 
 def log_nginx(report: NginxReport) -> None:
@@ -125,9 +134,8 @@ def run(health_addr: tuple[str, int], heartbeat_interval_s: float) -> int:
     # Imported here so that `--version` (the launcher's preflight) starts without http.server.
     from agent.health import HealthServer
 
-    stop = threading.Event()
     received: list[str] = []
-    install_stop_handlers(stop, received)
+    wakeup = install_stop_handlers(received)
     started = time.monotonic()
     log.info("%s %s starting (pid %d)", PROG, VERSION, os.getpid())
     host, port = health_addr
@@ -140,8 +148,13 @@ def run(health_addr: tuple[str, int], heartbeat_interval_s: float) -> int:
     log.info("health endpoint listening on %s", server.url)
     _probe_in_background()
     try:
-        while not stop.wait(heartbeat_interval_s):
-            log.info("heartbeat: version %s, uptime %.1fs", VERSION, time.monotonic() - started)
+        while not received:
+            if not select.select([wakeup], [], [], heartbeat_interval_s)[0]:
+                log.info("heartbeat: version %s, uptime %.1fs", VERSION,
+                         time.monotonic() - started)
+                continue
+            with contextlib.suppress(BlockingIOError):
+                os.read(wakeup, 512)
     finally:
         server.stop()
     log.info("stopping on %s", received[0] if received else "request")

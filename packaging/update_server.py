@@ -16,8 +16,10 @@ Files are streamed from disk, never read whole. Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import select
 import signal
 import sys
 import threading
@@ -25,7 +27,6 @@ import time
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 DEFAULT_DIR = Path("release")
@@ -98,6 +99,14 @@ class ReleaseRequestHandler(SimpleHTTPRequestHandler):
         _log(f"{self.client_address[0]} {format % args}")
 
 
+def _wait_for_signal(rfd: int, received: list[int], stop: threading.Event) -> None:
+    while not received:
+        select.select([rfd], [], [], 0.5)  # the handler may append just after the byte
+        with contextlib.suppress(BlockingIOError):
+            os.read(rfd, 512)
+    stop.set()
+
+
 def serve(
     directory: Path,
     port: int = DEFAULT_PORT,
@@ -110,12 +119,15 @@ def serve(
     directory.mkdir(parents=True, exist_ok=True)
     if stop is None:
         stop = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
+        # The handler only records and the wakeup fd ends the wait below: setting the Event
+        # from a handler could deadlock on the Event's own lock.
+        received: list[int] = []
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
+            signal.signal(sig, lambda signum, frame: received.append(signum))
+        threading.Thread(target=_wait_for_signal, args=(rfd, received, stop),
+                         daemon=True).start()
     handler = functools.partial(ReleaseRequestHandler, directory=str(directory))
     server = ThreadingHTTPServer((bind, port), handler)
     server.daemon_threads = True
