@@ -10,9 +10,9 @@ restarted launcher can recognise and remove leftovers.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,19 +29,15 @@ OLD = "agent.old"
 TEMP_PREFIX = ".agent."
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+# sha256 of a file, None when it does not exist. The resident passes one that hashes in a
+# short-lived process (it keeps OpenSSL out of its memory); the default hashes here.
+Hasher = Callable[[Path], "str | None"]
 
 
 def file_sha(path: Path) -> str | None:
-    try:
-        return sha256_file(path)
-    except FileNotFoundError:
-        return None
+    from launcher.oneshot import sha256
+
+    return sha256(path)
 
 
 def clean_temp_files(bin_dir: Path, keep: str | None = None) -> list[str]:
@@ -56,31 +52,20 @@ def clean_temp_files(bin_dir: Path, keep: str | None = None) -> list[str]:
     return removed
 
 
-def install_copy(bin_dir: Path, source: Path) -> str:
-    """Copy ``source`` to ``bin/agent`` atomically; returns its sha256."""
-    name, sha = stage_copy(bin_dir, source)
-    os.replace(bin_dir / name, bin_dir / AGENT)
-    fsync_dir(bin_dir)
-    return sha
-
-
-def stage_copy(bin_dir: Path, source: Path) -> tuple[str, str]:
-    """Copy ``source`` into a temp file in ``bin/`` (fsynced, executable); (name, sha256)."""
+def stage_copy(bin_dir: Path, source: Path) -> str:
+    """Copy ``source`` into a temp file in ``bin/`` (fsynced, executable); its name."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "seed-", dir=bin_dir)
     try:
-        h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-            while chunk := src.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
+            shutil.copyfileobj(src, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o755)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return Path(tmp).name, h.hexdigest()
+    return Path(tmp).name
 
 
 def swap_in(bin_dir: Path, staged_file: str, fault: FaultHook | None = None) -> None:
@@ -113,15 +98,15 @@ def restore_previous(bin_dir: Path) -> None:
 
 
 
-def recover(state: State, bin_dir: Path) -> State:
+def recover(state: State, bin_dir: Path, sha: Hasher = file_sha) -> State:
     """Finish or undo whatever a killed launcher left half done; the files are the truth.
 
     Returns the repaired state; the caller journals it. Never raises for a missing file:
     an absent ``bin/agent`` yields phase ``empty`` so the launcher reinstalls.
     """
     bin_dir.mkdir(parents=True, exist_ok=True)
-    agent_sha = file_sha(bin_dir / AGENT)
-    old_sha = file_sha(bin_dir / OLD)
+    agent_sha = sha(bin_dir / AGENT)
+    old_sha = sha(bin_dir / OLD)
     keep = None
 
     if state.phase == "swapping" and state.staged is not None:

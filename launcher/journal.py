@@ -22,7 +22,6 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +110,8 @@ class State:
 
 
 def new_state() -> State:
+    import uuid  # once per state dir's life
+
     return State(host_id=str(uuid.uuid4()))
 
 

@@ -1,13 +1,17 @@
-"""``python -m launcher.versions A B`` prints -1, 0 or 1: version order for the resident.
+"""Small computations the resident runs in a short-lived process, so that it never loads
+their libraries (``packaging``, OpenSSL through ``hashlib``) into its own memory:
 
-The resident does not import ``packaging``; it asks this tiny process on the rare
-occasions it must order two versions (a seed binary against the installed build).
-Exit status 2 when either is not a valid version.
+    python -m launcher.oneshot compare A B     prints -1, 0 or 1 (version order)
+    python -m launcher.oneshot sha256 FILE...  prints one digest a line, "-" for a missing file
+
+Exit status 2 on bad arguments or an invalid version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
@@ -17,11 +21,30 @@ def compare(a: str, b: str) -> int:
     return (va > vb) - (va < vb)
 
 
-def main(argv: list[str]) -> int:
+def sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
     try:
-        print(compare(argv[0], argv[1]))
-    except (InvalidVersion, IndexError):
-        return 2
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()
+
+
+def main(argv: list[str]) -> int:
+    match argv:
+        case ["compare", a, b]:
+            try:
+                print(compare(a, b))
+            except InvalidVersion:
+                return 2
+        case ["sha256", *files] if files:
+            for name in files:
+                print(sha256(Path(name)) or "-")
+        case _:
+            print(__doc__, file=sys.stderr)
+            return 2
     return 0
 
 

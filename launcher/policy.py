@@ -11,7 +11,6 @@ Back-off after failed checks uses *full jitter* (as the production issue asks): 
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -94,6 +93,8 @@ def admitted(cohort: float | None, rollout_percent: float | None) -> bool:
 
 def cohort(host_id: str, version: str) -> float:
     """This host's stable place in ``[0, 100)`` for a release: sha256 of ``host:version``."""
+    import hashlib  # lazily: the resident uses this module for timing only
+
     digest = hashlib.sha256(f"{host_id}:{version}".encode()).digest()
     bucket = int.from_bytes(digest[:8], "big") % _COHORT_BUCKETS
     return bucket * 100 / _COHORT_BUCKETS

@@ -13,7 +13,6 @@ import math
 import os
 import platform as _platform
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +190,8 @@ def load(
     env = os.environ if environ is None else environ
     file_values: dict[str, Any] = {}
     if config_file is not None:
+        import tomllib  # only with a config file: the resident stays small without one
+
         try:
             file_values = tomllib.loads(config_file.read_text())
         except OSError as exc:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +167,8 @@ def verify(
                                  "or later, without -l")
         message = data
     elif sig.algorithm == ALG_HASHED:
+        import hashlib  # here, not at the top: the resident parses keys at start only
+
         message = hashlib.blake2b(data, digest_size=64).digest()
     else:
         raise SignatureError(f"unknown signature algorithm {sig.algorithm!r}")

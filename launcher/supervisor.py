@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http.client
 import json
 import logging
 import os
 import random
 import selectors
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -165,7 +165,7 @@ class Supervisor:
                  os.getpid(), self.s.state_dir, "container" if self.container else "standalone",
                  self.s.platform)
         stored = self.journal.load()
-        state = install.recover(stored or new_state(), self.s.bin_dir)
+        state = install.recover(stored or new_state(), self.s.bin_dir, self._sha)
         self.state = self._save(dataclasses.replace(state, launcher_pid=os.getpid()))
         if self.state.current is not None and self.state.current.version == "unknown":
             self._learn_version()
@@ -339,7 +339,7 @@ class Supervisor:
         seed) or fetch the current release. True when the repair took over."""
         log.error("bin/agent is missing; repairing the installation")
         self.tick_at = None
-        self.state = self._save(install.recover(self.state, self.s.bin_dir))
+        self.state = self._save(install.recover(self.state, self.s.bin_dir, self._sha))
         if self.state.current is None and self.s.seed_binary is not None:
             self._seed(self.s.seed_binary)
         if self.state.current is not None and self.s.agent_path.exists():
@@ -819,7 +819,9 @@ class Supervisor:
         volume by an earlier update is kept. A build on trial is left to its trial.
         """
         current = self.state.current
-        seed_sha = install.sha256_file(seed)
+        seed_sha = self._sha(seed)
+        if seed_sha is None:
+            raise ConfigError(f"--seed-binary {seed} does not exist")
         if current is not None and current.sha256 == seed_sha:
             return
         code, out = run_capture([str(seed), "--version"], self.reaper)
@@ -836,8 +838,10 @@ class Supervisor:
                 return
             log.info("seed binary %s is newer than the installed %s: installing it", version,
                      current.version)
-        name, sha = install.stage_copy(self.s.bin_dir, seed)
+        name = install.stage_copy(self.s.bin_dir, seed)
+        sha = self._sha(self.s.bin_dir / name)
         if sha != seed_sha:
+            (self.s.bin_dir / name).unlink(missing_ok=True)
             raise HostError(f"copy of {seed} does not match its sha256; disk problem?")
         if current is None:
             os.replace(self.s.bin_dir / name, self.s.agent_path)
@@ -849,10 +853,19 @@ class Supervisor:
         self.state = self._save(dataclasses.replace(
             self.state, phase="committed", current=Build(version, sha), previous=previous))
 
+    def _sha(self, path: Path) -> str | None:
+        """sha256 of a file, computed in a short-lived process (see ``launcher.oneshot``)."""
+        code, out = run_capture([sys.executable, "-m", "launcher.oneshot", "sha256", str(path)],
+                                self.reaper, timeout_s=120.0, env=self._python_env())
+        digest = out.strip()
+        if code != 0 or not (digest == "-" or len(digest) == 64):
+            raise HostError(f"cannot hash {path}: the helper exited {code}")
+        return None if digest == "-" else digest
+
     def _compare(self, a: str, b: str) -> int | None:
-        """Version order through ``launcher.versions`` (the resident imports no packaging)."""
-        code, out = run_capture([sys.executable, "-m", "launcher.versions", a, b], self.reaper,
-                                env=self._python_env())
+        """Version order through ``launcher.oneshot`` (the resident imports no packaging)."""
+        code, out = run_capture([sys.executable, "-m", "launcher.oneshot", "compare", a, b],
+                                self.reaper, env=self._python_env())
         if code != 0:
             log.warning("cannot order versions %r and %r", a, b)
             return None
@@ -892,15 +905,39 @@ def fault_from_env(environ: dict[str, str]) -> install.FaultHook | None:
     return hook
 
 
+def _probe_plain(host: str, port: int, path: str, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n" not in head and len(head) < 1024:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        return False
+    parts = head.split(b"\r\n", 1)[0].split()
+    return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1] == b"200"
+
+
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
 def probe(url: str, timeout_s: float = 1.0) -> bool:
-    """True when ``url`` answers 200 within the timeout (standard library only)."""
+    """True when ``url`` answers 200 within the timeout (standard library only).
+
+    Plain http (the local agent) is spoken over a bare socket: ``http.client`` would bring
+    the email parser and ssl into the resident for one status line.
+    """
     parts = urlsplit(url)
-    conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
-                else http.client.HTTPConnection)
+    if parts.scheme == "http":
+        return _probe_plain(parts.hostname or "127.0.0.1", parts.port or 80,
+                            parts.path or "/", timeout_s)
+    import http.client
+
+    conn_cls = http.client.HTTPSConnection
     conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
     try:
         conn.request("GET", parts.path or "/")
