@@ -100,11 +100,21 @@ def cohort(host_id: str, version: str) -> float:
     return bucket * 100 / _COHORT_BUCKETS
 
 
-def first_poll_delay(jitter_s: float, rng: random.Random) -> float:
-    """Delay of the first poll after start: uniform in ``[0, jitter_s]``, 0 without jitter."""
+def first_poll_delay(poll_interval_s: float, jitter_s: float, rng: random.Random, *,
+                     installed: bool = True) -> float:
+    """Delay of the first poll after start; 0 without jitter.
+
+    With an agent installed it is a random point of one whole regular period,
+    ``uniform(0, poll_interval + uniform(0, jitter))``: a fleet restarted at once is then as
+    spread out as one that has run for hours (a delay within ``jitter`` alone would send the
+    whole fleet inside one minute, and the bunch would last many periods). With nothing
+    installed only ``jitter`` applies: a host without an agent should not wait a period.
+    """
     if jitter_s <= 0:
         return 0.0
-    return rng.uniform(0.0, jitter_s)
+    if not installed:
+        return rng.uniform(0.0, jitter_s)
+    return rng.uniform(0.0, poll_interval_s + rng.uniform(0.0, jitter_s))
 
 
 def next_poll_delay(

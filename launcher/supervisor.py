@@ -187,7 +187,8 @@ class Supervisor:
                 raise ConfigError("nothing to run: give --manifest-url or --seed-binary")
             log.info("no --manifest-url: supervising only, no update checks")
         elif self.state.phase != "trial":
-            delay = policy.first_poll_delay(self.s.jitter_s, self.rng)
+            delay = policy.first_poll_delay(self.s.poll_interval_s, self.s.jitter_s, self.rng,
+                                            installed=self.state.current is not None)
             self._schedule_check(delay)
 
     def _resume_trial(self) -> None:

@@ -20,18 +20,22 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from launcher import download, policy, preflight, signature
 from launcher.errors import InsecureError, LauncherError
-from launcher.manifest import check_not_expired, parse_manifest
-from launcher.sources import github
-from launcher.sources.base import Source
 from launcher.sources.http import FetchResult, HttpSource, Validators, make_client
 from launcher.sources.local import LocalSource
+
+if TYPE_CHECKING:
+    from launcher.sources.base import Source
+    from launcher.sources.github import GitHubSource
+
+# The rest (pydantic models, policy, signatures, download, preflight) is imported only once
+# the source has answered with a new manifest: a no-change check, the common case, pays for
+# the interpreter and httpx alone.
 
 log = logging.getLogger("launcher.worker")
 
@@ -84,8 +88,10 @@ def _check(
 ) -> Result:
     url = s["manifest_url"]
     validators = Validators(etag=request.get("etag"), last_modified=request.get("last_modified"))
-    source: HttpSource | LocalSource | github.GitHubSource
+    source: HttpSource | LocalSource | GitHubSource
     if s.get("github_repo"):
+        from launcher.sources import github
+
         source = github.from_settings(s, client)
     elif urlsplit(url).scheme == "file":
         source = LocalSource(Path(urlsplit(url).path))
@@ -96,6 +102,9 @@ def _check(
         log.info("manifest not modified")
         return Result(outcome="not_modified", etag=validators.etag,
                       last_modified=validators.last_modified)
+    from launcher import download, policy, preflight
+    from launcher.manifest import check_not_expired, parse_manifest
+
     _verify_signature(source, fetched.body, s)
     manifest = parse_manifest(fetched.body)
     check_not_expired(manifest, now() if now else _utcnow())
@@ -160,6 +169,8 @@ def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> None:
     paths = s.get("public_keys") or ()
     if not paths:
         return
+    from launcher import signature
+
     keys = [signature.load_public_key(Path(p)) for p in paths]
     data = source.fetch_signature(signature.MAX_SIGNATURE_BYTES)
     key, comment = signature.verify(body, data, keys)

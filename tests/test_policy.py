@@ -114,12 +114,15 @@ def test_raising_the_percent_only_adds_hosts() -> None:
     assert previous == set(hosts)
 
 
-def test_first_poll_delay() -> None:
+def test_first_poll_delay_spreads_over_a_whole_period() -> None:
+    """Installed: anywhere in one period (interval + jitter); empty: within the jitter."""
     rng = seeded(1)
-    assert first_poll_delay(0, rng) == 0
-    delays = [first_poll_delay(30, rng) for _ in range(200)]
-    assert all(0 <= d <= 30 for d in delays)
-    assert max(delays) - min(delays) > 10
+    assert first_poll_delay(300, 0, rng) == 0
+    delays = [first_poll_delay(300, 30, rng) for _ in range(500)]
+    assert all(0 <= d <= 330 for d in delays)
+    assert min(delays) < 30 and max(delays) > 270
+    empty = [first_poll_delay(300, 30, rng, installed=False) for _ in range(200)]
+    assert all(0 <= d <= 30 for d in empty)
 
 
 def test_success_delay_is_interval_plus_jitter() -> None:
@@ -142,7 +145,7 @@ def test_jitter_zero_draws_nothing() -> None:
             raise AssertionError("random draw with jitter 0")
 
     rng = NoRandom()
-    assert first_poll_delay(0, rng) == 0
+    assert first_poll_delay(5, 0, rng) == 0
     for failures in range(5):
         next_poll_delay(5, 0, failures, 7, rng)
 
