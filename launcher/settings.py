@@ -34,6 +34,7 @@ class Settings:
     github_repo: str | None = None
     github_api_url: str = GITHUB_API_URL
     github_prerelease: bool = False
+    allow_legacy_signatures: bool = False
     state_dir: Path = Path("/var/lib/nginx-manager")
     poll_interval_s: float = 300.0
     jitter_s: float = 60.0
@@ -146,6 +147,8 @@ OPTIONS = (
     Option("platform", "platform", _choice(PLATFORMS), "binary to fetch (default: this machine)"),
     Option("allow_http", "allow_http", _bool, "allow plain http for the update source"),
     Option("ca_file", "ca_file", Path, "extra trusted CA bundle (PEM)"),
+    Option("allow_legacy_signatures", "allow_legacy_signatures", _bool,
+           "also accept minisign's legacy (non-prehashed) Ed signatures"),
     Option("public_key", "public_keys", Path,
            "minisign public key file; repeatable (TOML: a list; environment: paths "
            "separated by ':'); manifests must then be signed by one of the keys", many=True),
@@ -158,7 +161,7 @@ OPTIONS = (
     Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
            "largest binary accepted, in bytes (default 1 GiB)"),
 )
-BOOL_FLAGS = ("allow_http", "github_prerelease")
+BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures")
 
 
 def _items(raw: Any) -> list[str]:

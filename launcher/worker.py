@@ -173,7 +173,8 @@ def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> None:
 
     keys = [signature.load_public_key(Path(p)) for p in paths]
     data = source.fetch_signature(signature.MAX_SIGNATURE_BYTES)
-    key, comment = signature.verify(body, data, keys)
+    key, comment = signature.verify(body, data, keys,
+                                    allow_legacy=bool(s.get("allow_legacy_signatures")))
     log.info("manifest signature verified with key %s (trusted comment: %s)", key.id_hex,
              comment)
 

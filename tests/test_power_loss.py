@@ -134,40 +134,15 @@ class _FaultOnce:
         return getattr(self._os, name)
 
 
-# The fault hook's self-SIGKILL is ignored when the launcher is PID 1 of its namespace (the
-# kernel drops SIGKILL sent to a namespace's init from inside it), so these tests run each
-# container's launcher under a minimal init instead of as PID 1: the container-mode logic
-# (exit 100, the trial across restarts, the rollback in place) is what they exercise. See
-# test_fault_hook_kills_a_pid1_launcher for the PID 1 case.
-TINY_INIT = """
-import signal, subprocess, sys
-child = subprocess.Popen(sys.argv[1:])
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda n, f: child.send_signal(n))
-code = child.wait()
-sys.exit(128 - code if code < 0 else code)
-"""
-
-
 def _pod(point: str, nth: int, seed: Path, server: UpdateServer, launcher: Callable[..., Launcher],
-         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pid1: bool = False,
-         ) -> tuple[object, Launcher]:
-    import sys
-
+         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[object, Launcher]:
+    """A pod whose launcher is PID 1 of each container and dies at ``point`` on start ``nth``."""
     import test_container
 
     probe = launcher()
     args = [*fast_args(server, probe), "--seed-binary", str(seed), "--",
             "run", "--health-addr", f"127.0.0.1:{probe.health_port}"]
     kube = test_container.Kubelet(tmp_path / "volume", args, tmp_path / "pod.log")
-    if not pid1:
-        init = tmp_path / "unshare-with-init"
-        init.write_text("#!/bin/sh\n"
-                        "while [ \"${1#--}\" != \"$1\" ]; do shift; done\n"
-                        f"exec {kube.unshare} --pid --fork --mount-proc --kill-child "
-                        f"{sys.executable} -c '{TINY_INIT}' \"$@\"\n")
-        init.chmod(0o755)
-        kube.unshare = str(init)
     monkeypatch.setattr(test_container, "os", _FaultOnce(lambda: kube.starts, nth, point))
     probe.log_path = kube.log_path
     probe.state_dir = kube.volume
@@ -253,14 +228,14 @@ def test_fault_hook_kills_a_pid1_launcher(
     import test_container
 
     kube, probe = _pod("swap.renamed", 0, build("0.1.0"), server, launcher, tmp_path,
-                       monkeypatch, pid1=True)
+                       monkeypatch)
     assert isinstance(kube, test_container.Kubelet)
     try:
         kube.start()
         probe.wait_healthy("0.1.0")
         server.publish("0.1.1", build("0.1.1"))
         wait_until(lambda: kube.exits, 30, "the first container to end")
-        assert kube.exits[0] != 100, "the launcher went on to exit 100 after its 'kill'"
+        assert kube.exits[0] == 128 + 9, f"the launcher went on after its kill: {kube.exits}"
     finally:
         kube.deleting.set()
         if kube.proc is not None and kube.proc.poll() is None:

@@ -301,3 +301,18 @@ def test_check_command_reports_signature_errors(
     refused = run_check(keys[1])
     assert refused.returncode == 1
     assert refused.stdout.startswith("check failed: signature: no trusted key has id")
+
+
+def test_legacy_signatures_are_refused_unless_enabled(keys: tuple[Key, Key],
+                                                      tmp_path: Path) -> None:
+    """A legacy Ed signature is refused by default and accepted with the setting on."""
+    body = manifest_bytes()
+    origin = Origin({"/version.json": answer(body),
+                     "/version.json.minisig": answer(sign(body, keys[0], legacy=True))})
+    refused = check(origin, tmp_path, (keys[0].public,))
+    assert refused.outcome == "error" and "legacy Ed signatures are refused" in str(refused.error)
+    s = Settings(manifest_url=URL, platform="linux-amd64", state_dir=tmp_path / "state",
+                 public_keys=(keys[0].public,), allow_legacy_signatures=True).for_worker()
+    request = {"settings": s, "current": None, "bad": [], "host_id": "h", "stage": False}
+    with make_client(transport=httpx.MockTransport(origin)) as client:
+        assert worker.run_check(request, client=client).outcome == "install"
