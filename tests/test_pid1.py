@@ -248,3 +248,22 @@ def test_subreaper_adopts_orphans_when_not_pid1(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(("on_term", "expected"), [
+    ("exit 0", 0), ("exit 1", 1), ("exit 2", 2), ("exit 127", 127), ("exit 255", 255),
+    ("trap - HUP; kill -HUP $$", 128 + signal.SIGHUP),
+    ("trap - TERM; kill -TERM $$", 0),  # dying of the forwarded TERM is a clean stop
+    ("", 128 + signal.SIGKILL),  # TERM ignored: SIGKILL after the grace
+])
+def test_exit_code_after_a_requested_stop(on_term: str, expected: int, tmp_path: Path,
+                                          ns: list[Namespaced]) -> None:
+    """TERM to PID 1: exit 0 for a clean stop, else the agent's code or 128+signal."""
+    trap = f"trap '{on_term}' TERM" if on_term else "trap '' TERM"
+    agent = script_agent(tmp_path / "a", "1.0.0",
+                         f"{trap}\necho ready > {tmp_path}/ready\n"
+                         "while :; do sleep 0.05; done")
+    n = Namespaced(tmp_path, agent, "--stop-grace", "1")
+    ns.append(n)
+    wait_until((tmp_path / "ready").exists, 10, "agent trap installed")
+    assert n.stop() == expected
