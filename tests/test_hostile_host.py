@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, Launcher, wait_until
+from conftest import ROOT, Launcher, unavailable, wait_until
 from hostile import (
     agent_pid,
     assert_untouched,
@@ -43,7 +43,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         _mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(target))
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+        unavailable(f"cannot mount a tmpfs here: {exc}")
     yield target
     subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
 
@@ -79,7 +79,7 @@ def read_only(path: Path) -> Iterator[None]:
     try:
         _mount("--bind", str(path), str(path))
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"cannot bind-mount here: {exc}")
+        unavailable(f"cannot bind-mount here: {exc}")
     try:
         _mount("-o", "remount,bind,ro", str(path))
         yield
