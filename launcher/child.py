@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -165,6 +166,40 @@ class Child:
         if alive:
             time.sleep(0.05)
             self._reaper.reap()
+
+
+class PipedChild:
+    """A helper process whose stdout the loop reads: an update check or the file watcher."""
+
+    MAX_OUTPUT = 1 << 20
+
+    def __init__(self, proc: Child, stdout_fd: int, epoch: int,
+                 sel: selectors.BaseSelector, tag: str) -> None:
+        self.proc = proc
+        self.epoch = epoch  # the supervisor's decision epoch when the check started
+        self.fd = stdout_fd
+        self.buf = bytearray()
+        self.eof = False
+        self.sel = sel
+        os.set_blocking(stdout_fd, False)
+        sel.register(stdout_fd, selectors.EVENT_READ, tag)
+
+    def read(self) -> None:
+        """Take what the pipe holds (capped); notes the end of output."""
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.eof = True
+            self.sel.unregister(self.fd)
+        elif len(self.buf) < self.MAX_OUTPUT:
+            self.buf += chunk
+
+    def close(self) -> None:
+        if not self.eof:
+            self.sel.unregister(self.fd)
+        os.close(self.fd)
 
 
 def run_capture(argv: Sequence[str], reaper: Reaper, timeout_s: float = 10.0,

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from launcher import install
+from launcher import faults, install
 from launcher.journal import Journal, State
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ Handler = Callable[[dict[str, object]], dict[str, object]]
 
 def rollback(
     state: State, bin_dir: Path, journal: Journal, reason: str, at: str,
-    fault: install.FaultHook | None = None,
+    fault: faults.FaultHook | None = None,
 ) -> tuple[State, bool]:
     """Mark ``current`` bad and put ``previous`` back; (new state, whether it rolled back).
 

@@ -17,12 +17,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from launcher.faults import FaultHook
 from launcher.journal import Build, State, Trial, fsync_dir, utc_iso
 
 log = logging.getLogger(__name__)
 
-# Called with a point name at each step of the swap; fault-injection tests kill there.
-FaultHook = Callable[[str], None]
 
 AGENT = "agent"
 OLD = "agent.old"

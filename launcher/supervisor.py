@@ -16,17 +16,14 @@ import os
 import random
 import selectors
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psutil
-
-from launcher import control, install, policy
-from launcher.child import Child, agent_environ, child_environ, run_capture
+from launcher import control, faults, health, install, policy
+from launcher.child import Child, PipedChild, agent_environ, child_environ, run_capture
 from launcher.errors import ConfigError, HostError
 from launcher.journal import (
     Build,
@@ -54,40 +51,6 @@ UNHEALTHY_PROBES = 3  # consecutive failed probes after a healthy one fail the t
 WORKER_GRACE_S = 2.0
 
 
-class Worker:
-    """A helper process whose stdout the loop reads: an update check or the file watcher."""
-
-    MAX_OUTPUT = 1 << 20
-
-    def __init__(self, proc: Child, stdout_fd: int, epoch: int,
-                 sel: selectors.BaseSelector, tag: str) -> None:
-        self.proc = proc
-        self.epoch = epoch  # the supervisor's decision epoch when the check started
-        self.fd = stdout_fd
-        self.buf = bytearray()
-        self.eof = False
-        self.sel = sel
-        os.set_blocking(stdout_fd, False)
-        sel.register(stdout_fd, selectors.EVENT_READ, tag)
-
-    def read(self) -> None:
-        """Take what the pipe holds (capped); notes the end of output."""
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.eof = True
-            self.sel.unregister(self.fd)
-        elif len(self.buf) < self.MAX_OUTPUT:
-            self.buf += chunk
-
-    def close(self) -> None:
-        if not self.eof:
-            self.sel.unregister(self.fd)
-        os.close(self.fd)
-
-
 class Supervisor:
     def __init__(
         self,
@@ -96,20 +59,20 @@ class Supervisor:
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
         environ: dict[str, str] | None = None,
-        fault: install.FaultHook | None = None,
+        fault: faults.FaultHook | None = None,
         config_file: Path | None = None,
         reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.s = settings
         self.config_file = config_file.resolve() if config_file is not None else None
         self.reload = reload
-        self.watcher: Worker | None = None  # the file watcher: same plumbing as a worker
+        self.watcher: PipedChild | None = None  # the file watcher: same plumbing as a worker
         self.watcher_restart_at: float | None = None
         self.recheck = False
         self.rng = rng or random.Random()
         self.wall = wall
         self.env = dict(os.environ if environ is None else environ)
-        self.fault = fault if fault is not None else fault_from_env(self.env)
+        self.fault = fault if fault is not None else faults.resident_hook(self.env)
         self.container = settings.container(self.env)
         self.journal = TolerantJournal(settings.state_dir)
         self.lock = StateLock(settings.state_dir)
@@ -121,7 +84,7 @@ class Supervisor:
         self.state = new_state()
         self.child: Child | None = None
         self.child_build: Build | None = None  # the build the running child was started from
-        self.worker: Worker | None = None
+        self.worker: PipedChild | None = None
         self.control: control.ControlServer | None = None
         self.stopping = False
         self.exit_code: int | None = None
@@ -424,7 +387,7 @@ class Supervisor:
             return
         trial = self.state.trial
         if self.s.health_url:
-            ok = probe(self.s.health_url)
+            ok = health.probe(self.s.health_url)
             self.last_probe_ok = ok
             if ok:
                 self.probe_failures = 0
@@ -543,7 +506,7 @@ class Supervisor:
             os.close(out_w)
         with os.fdopen(in_w, "wb") as pipe:
             pipe.write(json.dumps(request).encode())
-        self.worker = Worker(proc, out_r, self.epoch, self.sel, "worker")
+        self.worker = PipedChild(proc, out_r, self.epoch, self.sel, "worker")
 
     def _close_worker(self) -> None:
         if self.worker is not None:
@@ -641,7 +604,7 @@ class Supervisor:
         finally:
             os.close(out_w)
             os.close(devnull)
-        self.watcher = Worker(proc, out_r, self.epoch, self.sel, "watch")
+        self.watcher = PipedChild(proc, out_r, self.epoch, self.sel, "watch")
 
     def _stop_watcher(self) -> None:
         if self.watcher is None:
@@ -883,69 +846,5 @@ class Supervisor:
                 self.state, current=Build(out.strip(), self.state.current.sha256)))
 
 
-FAULT_ENV = "NGINX_MANAGER_FAULT_POINT"
-
-
-def fault_from_env(environ: dict[str, str]) -> install.FaultHook | None:
-    """For power-loss tests only: ``NGINX_MANAGER_FAULT_POINT=swap.renamed`` makes the
-    launcher SIGKILL its whole tree (agent, worker, itself) when it reaches that point."""
-    wanted = environ.get(FAULT_ENV)
-    if not wanted:
-        return None
-
-    def hook(point: str) -> None:
-        if point != wanted:
-            return
-        log.warning("fault point %s reached: killing the launcher and its children", point)
-        for proc in psutil.Process().children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(137)  # PID 1 of a namespace ignores its own SIGKILL
-
-    return hook
-
-
-def _probe_plain(host: str, port: int, path: str, timeout_s: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-            head = b""
-            while b"\r\n" not in head and len(head) < 1024:
-                chunk = sock.recv(1024)
-                if not chunk:
-                    break
-                head += chunk
-    except OSError:
-        return False
-    parts = head.split(b"\r\n", 1)[0].split()
-    return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1] == b"200"
-
-
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def probe(url: str, timeout_s: float = 1.0) -> bool:
-    """True when ``url`` answers 200 within the timeout (standard library only).
-
-    Plain http (the local agent) is spoken over a bare socket: ``http.client`` would bring
-    the email parser and ssl into the resident for one status line.
-    """
-    parts = urlsplit(url)
-    if parts.scheme == "http":
-        return _probe_plain(parts.hostname or "127.0.0.1", parts.port or 80,
-                            parts.path or "/", timeout_s)
-    import http.client
-
-    conn_cls = http.client.HTTPSConnection
-    conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
-    try:
-        conn.request("GET", parts.path or "/")
-        resp = conn.getresponse()
-        resp.read(65536)
-        return resp.status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()

@@ -11,11 +11,8 @@ an error (the result line then names it).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from launcher import faults
 from launcher.errors import InsecureError, LauncherError
 from launcher.sources.http import FetchResult, HttpSource, Validators, make_client
 from launcher.sources.local import LocalSource
@@ -152,7 +150,7 @@ def _check(
             max_bytes=int(s["max_binary_bytes"]), deadline_s=float(s["download_deadline_s"]),
             min_speed_bps=float(s["min_speed_bps"]),
         )
-    _fault("downloaded")
+    faults.worker_fault("downloaded")
     try:
         preflight.preflight(staged, manifest.version)
     except BaseException:
@@ -177,27 +175,6 @@ def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> None:
                                     allow_legacy=bool(s.get("allow_legacy_signatures")))
     log.info("manifest signature verified with key %s (trusted comment: %s)", key.id_hex,
              comment)
-
-
-def _fault(point: str) -> None:
-    """Power-loss tests: at ``NGINX_MANAGER_FAULT_POINT`` kill the launcher's whole tree."""
-    if os.environ.get("NGINX_MANAGER_FAULT_POINT") != point:
-        return
-    import psutil
-
-    resident = psutil.Process(os.getppid())
-    for proc in resident.children(recursive=True):
-        if proc.pid != os.getpid():
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-    if resident.pid == 1:
-        # A namespace's init cannot be SIGKILLed from inside it: hand the fault point to the
-        # resident, whose own hook ends the namespace (it exits, and the kernel kills the rest).
-        sys.stdout.write(json.dumps({"outcome": "fault", "point": point}) + "\n")
-        sys.stdout.flush()
-        os._exit(137)
-    resident.kill()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _utcnow() -> Any:
