@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, script_agent, unavailable, wait_until
+from conftest import ROOT, Launcher, script_agent, unavailable, wait_until
 
 UNSHARE = shutil.which("unshare")
 
@@ -148,28 +148,19 @@ def test_setsid_grandchild_is_cleaned_up_on_stop(tmp_path: Path,
     assert n.family() == []
 
 
-def test_setsid_grandchild_is_cleaned_up_without_namespace(tmp_path: Path) -> None:
+def test_setsid_grandchild_is_cleaned_up_without_namespace(
+        tmp_path: Path, launcher: Callable[..., Launcher]) -> None:
     """Not PID 1 (as under systemd): the sweep of descendants still ends an escaped child."""
     marker = tmp_path / "escaped.pid"
     agent = script_agent(tmp_path / "a", "1.0.0",
                          f"setsid sh -c 'echo $$ > {marker}; exec sleep 300' &\nexec sleep 60")
-    log = (tmp_path / "l.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--state-dir",
-                             str(tmp_path / "s"), "--seed-binary", str(agent)], cwd=ROOT,
-                            stdout=log, stderr=log, start_new_session=True)
-    log.close()
-    try:
-        wait_until(lambda: marker.exists() and marker.read_text().strip(), 10, "grandchild")
-        escaped = int(marker.read_text())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-        wait_until(lambda: not psutil.pid_exists(escaped)
-                   or psutil.Process(escaped).status() == psutil.STATUS_ZOMBIE, 5,
-                   "escaped grandchild gone")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    lch = launcher().start("--seed-binary", str(agent), agent_args=())
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), 10, "grandchild")
+    escaped = int(marker.read_text())
+    assert lch.stop() == 0
+    wait_until(lambda: not psutil.pid_exists(escaped)
+               or psutil.Process(escaped).status() == psutil.STATUS_ZOMBIE, 5,
+               "escaped grandchild gone")
 
 
 @pytest.mark.parametrize("sig", ["HUP", "USR1", "USR2", "QUIT"])
@@ -225,27 +216,19 @@ def test_agent_gets_clean_signal_state_and_environment(tmp_path: Path,
     assert n.stop() == 0
 
 
-def test_subreaper_adopts_orphans_when_not_pid1(tmp_path: Path) -> None:
+def test_subreaper_adopts_orphans_when_not_pid1(
+        tmp_path: Path, launcher: Callable[..., Launcher]) -> None:
     """Without a namespace the launcher registers as child subreaper and reaps orphans."""
     marker = tmp_path / "orphan.pid"
     agent = script_agent(tmp_path / "a", "1.0.0",
                          f"(sh -c 'echo $$ > {marker}; exec sleep 1' &)\nexec sleep 60")
-    log = (tmp_path / "l.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--state-dir",
-                             str(tmp_path / "s"), "--seed-binary", str(agent)], cwd=ROOT,
-                            stdout=log, stderr=log, start_new_session=True)
-    log.close()
-    try:
-        wait_until(lambda: marker.exists() and marker.read_text().strip(), 10, "orphan")
-        orphan = psutil.Process(int(marker.read_text()))
-        assert orphan.ppid() == proc.pid
-        wait_until(lambda: not psutil.pid_exists(orphan.pid), 5, "orphan reaped")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    lch = launcher().start("--seed-binary", str(agent), agent_args=())
+    assert lch.proc is not None
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), 10, "orphan")
+    orphan = psutil.Process(int(marker.read_text()))
+    assert orphan.ppid() == lch.proc.pid
+    wait_until(lambda: not psutil.pid_exists(orphan.pid), 5, "orphan reaped")
+    assert lch.stop() == 0
 
 
 @pytest.mark.parametrize(("on_term", "expected"), [
