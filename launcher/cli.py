@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import Any
 
 from launcher import control, settings
 from launcher.errors import ConfigError, LauncherError, LockedError
-from launcher.journal import Journal, State, utc_iso
+from launcher.journal import Journal, State, check_request, utc_iso
 from launcher.lock import StateLock, holder_pid
 
 log = logging.getLogger("launcher")
@@ -83,8 +84,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    import os
-
     return Path(args.state_dir or os.environ.get(settings.ENV_PREFIX + "STATE_DIR")
                 or DEFAULT_STATE_DIR)
 
@@ -112,14 +111,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         state = Journal(s.state_dir).read_only()
     except (OSError, ValueError, KeyError, TypeError):
         state = None
-    request = {
-        "settings": s.for_worker(),
-        "current": {"version": state.current.version, "sha256": state.current.sha256}
-        if state and state.current else None,
-        "bad": [[b.version, b.sha256] for b in state.bad] if state else [],
-        "host_id": state.host_id if state else "no-host-id-yet",
-        "stage": False,
-    }
+    # Unconditional: a 304 would say nothing about what a run would do.
+    request = check_request(s.for_worker(), state, stage=False, conditional=False)
     result = worker.run_check(request)
     if args.json:
         print(json.dumps(result.__dict__, indent=2))

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from launcher.faults import FaultHook
@@ -28,15 +28,15 @@ OLD = "agent.old"
 TEMP_PREFIX = ".agent."
 
 
-# sha256 of a file, None when it does not exist. The resident passes one that hashes in a
-# short-lived process (it keeps OpenSSL out of its memory); the default hashes here.
-Hasher = Callable[[Path], "str | None"]
+# sha256 of each file, None for one that does not exist. The resident passes one that hashes
+# in a short-lived process (it keeps OpenSSL out of its memory); the default hashes here.
+Hasher = Callable[[Sequence[Path]], "list[str | None]"]
 
 
-def file_sha(path: Path) -> str | None:
+def file_shas(paths: Sequence[Path]) -> list[str | None]:
     from launcher.oneshot import sha256
 
-    return sha256(path)
+    return [sha256(p) for p in paths]
 
 
 def clean_temp_files(bin_dir: Path, keep: str | None = None) -> list[str]:
@@ -97,15 +97,14 @@ def restore_previous(bin_dir: Path) -> None:
 
 
 
-def recover(state: State, bin_dir: Path, sha: Hasher = file_sha) -> State:
+def recover(state: State, bin_dir: Path, shas: Hasher = file_shas) -> State:
     """Finish or undo whatever a killed launcher left half done; the files are the truth.
 
     Returns the repaired state; the caller journals it. Never raises for a missing file:
     an absent ``bin/agent`` yields phase ``empty`` so the launcher reinstalls.
     """
     bin_dir.mkdir(parents=True, exist_ok=True)
-    agent_sha = sha(bin_dir / AGENT)
-    old_sha = sha(bin_dir / OLD)
+    agent_sha, old_sha = shas([bin_dir / AGENT, bin_dir / OLD])
     keep = None
 
     if state.phase == "swapping" and state.staged is not None:

@@ -115,6 +115,22 @@ def new_state() -> State:
     return State(host_id=str(uuid.uuid4()))
 
 
+def check_request(settings: dict[str, Any], state: State | None, *, stage: bool,
+                  conditional: bool) -> dict[str, Any]:
+    """What a worker needs for one check (``launcher.worker`` reads it on stdin): the
+    settings, the installed build, the bad list, the host id and, for a conditional fetch,
+    the validators of the last accepted manifest."""
+    return {
+        "settings": settings,
+        "current": dataclasses.asdict(state.current) if state and state.current else None,
+        "bad": [[b.version, b.sha256] for b in state.bad] if state else [],
+        "host_id": state.host_id if state else "no-host-id-yet",
+        "etag": state.etag if state and conditional else None,
+        "last_modified": state.last_modified if state and conditional else None,
+        "stage": stage,
+    }
+
+
 def utc_iso(ts: float | None = None) -> str:
     """RFC 3339 UTC with second precision, e.g. ``2026-11-28T00:00:00Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))

@@ -18,7 +18,7 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ from launcher.journal import (
     State,
     TolerantJournal,
     Trial,
+    check_request,
     new_state,
     utc_iso,
 )
@@ -128,7 +129,7 @@ class Supervisor:
                  os.getpid(), self.s.state_dir, "container" if self.container else "standalone",
                  self.s.platform)
         stored = self.journal.load()
-        state = install.recover(stored or new_state(), self.s.bin_dir, self._sha)
+        state = install.recover(stored or new_state(), self.s.bin_dir, self._shas)
         self.state = self._save(dataclasses.replace(state, launcher_pid=os.getpid()))
         if self.state.current is not None and self.state.current.version == "unknown":
             self._learn_version()
@@ -171,9 +172,7 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         self._stop_watcher()
-        if self.worker is not None:
-            self.worker.proc.stop(WORKER_GRACE_S)
-            self._close_worker()
+        self._stop_worker()
         if self.child is not None and self.child.running:
             self._stop_child()
         if self.control is not None:
@@ -257,10 +256,7 @@ class Supervisor:
     def _requested_stop(self) -> None:
         self.stopping = True
         self.notify.stopping()
-        if self.worker is not None:
-            self.worker.proc.stop(WORKER_GRACE_S)
-            self._close_worker()
-            install.clean_temp_files(self.s.bin_dir)
+        self._stop_worker()
         code = 0
         if self.child is not None and self.child.running:
             status = self._stop_child()
@@ -303,7 +299,7 @@ class Supervisor:
         seed) or fetch the current release. True when the repair took over."""
         log.error("bin/agent is missing; repairing the installation")
         self.tick_at = None
-        self.state = self._save(install.recover(self.state, self.s.bin_dir, self._sha))
+        self.state = self._save(install.recover(self.state, self.s.bin_dir, self._shas))
         if self.state.current is None and self.s.seed_binary is not None:
             self._seed(self.s.seed_binary)
         if self.state.current is not None and self.s.agent_path.exists():
@@ -422,10 +418,7 @@ class Supervisor:
 
     def _fail_trial(self, reason: str) -> None:
         self.tick_at = None
-        if self.child is not None:
-            self._stop_child()
-            self.child = None
-        self._rollback(reason)
+        self._rollback(reason)  # stops the child first
 
     def _commit(self) -> None:
         trial = self.state.trial
@@ -438,7 +431,7 @@ class Supervisor:
         self.crashes = 0
         self._save_child("running")
         if self.s.manifest_url:
-            self._schedule_check(self._poll_delay(0, None, self.rng))
+            self._schedule_check(self._poll_delay())
 
     def _rollback(self, reason: str) -> None:
         """Put ``agent.old`` back in place, mark the failed build bad, restart the agent."""
@@ -464,7 +457,7 @@ class Supervisor:
         self.crashes = 0
         self._start_child()
         if self.s.manifest_url:
-            self._schedule_check(self._poll_delay(0, None, self.rng))
+            self._schedule_check(self._poll_delay())
 
     # ---- update checks ------------------------------------------------------------
 
@@ -474,6 +467,26 @@ class Supervisor:
         pkg_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
         return env
+
+    def _spawn_helper(self, name: str, module_args: list[str], tag: str,
+                      stdin: bytes | None = None) -> PipedChild:
+        """Start ``python -m MODULE ARGS`` with ``stdin`` (or nothing) as its input and its
+        stdout read by the loop under ``tag``. Raises OSError when it cannot be started."""
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = Child.start(name, [sys.executable, "-m", *module_args], self._python_env(),
+                               self.reaper, stdin_fd=in_r, stdout_fd=out_w)
+        except OSError:
+            os.close(out_r)
+            os.close(in_w)
+            raise
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        with os.fdopen(in_w, "wb") as pipe:  # small: fits the pipe; closing sends EOF
+            pipe.write(stdin or b"")
+        return PipedChild(proc, out_r, self.epoch, self.sel, tag)
 
     def _worker_limit_s(self) -> float:
         return self.s.download_deadline_s + 120.0
@@ -485,33 +498,25 @@ class Supervisor:
         log.info("next check in %.1fs", delay)
 
     def _start_worker(self) -> None:
-        st = self.state
-        request = {
-            "settings": self.s.for_worker(),
-            "current": dataclasses.asdict(st.current) if st.current else None,
-            "bad": [[b.version, b.sha256] for b in st.bad],
-            "host_id": st.host_id,
-            "etag": st.etag,
-            "last_modified": st.last_modified,
-            "stage": True,
-        }
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        env = self._python_env()
+        request = check_request(self.s.for_worker(), self.state, stage=True, conditional=True)
         try:
-            proc = Child.start("update check", [sys.executable, "-m", "launcher.worker"], env,
-                               self.reaper, stdin_fd=in_r, stdout_fd=out_w)
-        finally:
-            os.close(in_r)
-            os.close(out_w)
-        with os.fdopen(in_w, "wb") as pipe:
-            pipe.write(json.dumps(request).encode())
-        self.worker = PipedChild(proc, out_r, self.epoch, self.sel, "worker")
+            self.worker = self._spawn_helper("update check", ["launcher.worker"], "worker",
+                                             stdin=json.dumps(request).encode())
+        except OSError as exc:
+            self._on_result({"outcome": "error", "error": HostError(
+                f"cannot start an update check: {exc.strerror or exc}").describe()})
 
     def _close_worker(self) -> None:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+
+    def _stop_worker(self) -> None:
+        """End a check in flight; what it was downloading is removed."""
+        if self.worker is not None:
+            self.worker.proc.stop(WORKER_GRACE_S)
+            self._close_worker()
+            install.clean_temp_files(self.s.bin_dir)
 
     def _on_worker_done(self) -> None:
         assert self.worker is not None
@@ -529,7 +534,7 @@ class Supervisor:
             result = {"outcome": "error", "error": f"worker: update check {words} "
                       "without a result"}
             install.clean_temp_files(self.s.bin_dir)
-        if result.get("outcome") == "fault":  # power-loss tests, as PID 1: see worker._fault
+        if result.get("outcome") == "fault":  # power-loss tests, as PID 1: faults.worker_fault
             self._fault(str(result.get("point")))
         if stale and result.get("outcome") != "error":
             log.info("discarding a check result that predates an operator command; "
@@ -550,7 +555,7 @@ class Supervisor:
                 etag=None, last_modified=None))
             retry = r.get("retry_after_s")
             retry_s = float(retry) if isinstance(retry, int | float) else None
-            delay = self._poll_delay(failures, retry_s, self.rng)
+            delay = self._poll_delay(failures, retry_s)
             log.warning("check failed (%d in a row); the agent keeps running", failures)
             self._schedule_check(delay)
             return
@@ -569,7 +574,7 @@ class Supervisor:
             self._apply(build, str(r["file"]))
             return
         self._schedule_check(0.0 if self._take_recheck() else
-                             self._poll_delay(0, None, self.rng))
+                             self._poll_delay())
 
     def _take_recheck(self) -> bool:
         recheck, self.recheck = self.recheck, False
@@ -590,21 +595,12 @@ class Supervisor:
         paths = self._watch_paths()
         if not paths or self.stopping:
             return
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            proc = Child.start("file watcher", [sys.executable, "-m", "launcher.watch", *paths],
-                               self._python_env(), self.reaper, stdin_fd=devnull,
-                               stdout_fd=out_w)
+            self.watcher = self._spawn_helper("file watcher", ["launcher.watch", *paths],
+                                              "watch")
         except OSError as exc:
             log.warning("cannot start the file watcher (%s); changes are seen at the next "
                         "poll", exc)
-            os.close(out_r)
-            return
-        finally:
-            os.close(out_w)
-            os.close(devnull)
-        self.watcher = PipedChild(proc, out_r, self.epoch, self.sel, "watch")
 
     def _stop_watcher(self) -> None:
         if self.watcher is None:
@@ -674,7 +670,7 @@ class Supervisor:
         if not self.s.manifest_url:
             self.next_check = None
         elif self.worker is None and self.state.phase != "trial":
-            delay = 0.0 if source_changed else self._poll_delay(0, None, self.rng)
+            delay = 0.0 if source_changed else self._poll_delay()
             self._schedule_check(delay)
         elif source_changed:
             self.recheck = True
@@ -693,7 +689,7 @@ class Supervisor:
             install.clean_temp_files(self.s.bin_dir)
             self.state = dataclasses.replace(self.state, last_error=HostError(
                 f"cannot write the journal: {exc.strerror or exc}").describe())
-            self._schedule_check(self._poll_delay(1, None, self.rng))
+            self._schedule_check(self._poll_delay(1))
             return
         self._fault("staged")
         try:
@@ -705,7 +701,7 @@ class Supervisor:
                 self.state, phase="empty" if self.state.current is None else "committed",
                 staged=None,
                 last_error=HostError(f"swap failed: {exc}").describe()))
-            self._schedule_check(self._poll_delay(1, None, self.rng))
+            self._schedule_check(self._poll_delay(1))
             return
         if first:
             if self.state.current is not None:  # an unidentifiable build: not worth keeping
@@ -716,7 +712,7 @@ class Supervisor:
             if self.child is not None and self.child.running:
                 self._stop_child()
             self._start_child()
-            self._schedule_check(self._poll_delay(0, None, self.rng))
+            self._schedule_check(self._poll_delay())
             return
         self.state = self._save(dataclasses.replace(
             self.state, phase="trial", previous=self.state.current, current=build, staged=None,
@@ -765,9 +761,9 @@ class Supervisor:
 
     # ---- helpers ------------------------------------------------------------------
 
-    def _poll_delay(self, failures: int, retry_after_s: float | None, rng: random.Random) -> float:
+    def _poll_delay(self, failures: int = 0, retry_after_s: float | None = None) -> float:
         return policy.next_poll_delay(self.s.poll_interval_s, self.s.jitter_s, failures,
-                                      retry_after_s, rng)
+                                      retry_after_s, self.rng)
 
     def _save(self, state: State) -> State:
         return self.journal.save(state)
@@ -783,18 +779,16 @@ class Supervisor:
         volume by an earlier update is kept. A build on trial is left to its trial.
         """
         current = self.state.current
-        seed_sha = self._sha(seed)
+        (seed_sha,) = self._shas([seed])
         if seed_sha is None:
             raise ConfigError(f"--seed-binary {seed} does not exist")
-        if current is not None and current.sha256 == seed_sha:
-            return
+        if current is not None and (current.sha256 == seed_sha or self.state.phase == "trial"):
+            return  # already installed, or an update on trial is left to its trial
         code, out = run_capture([str(seed), "--version"], self.reaper)
         version = out.strip()
         if code != 0 or not version:
             raise ConfigError(f"--seed-binary {seed}: '--version' exited {code} and printed "
                               f"{version!r}; give a working agent build")
-        if current is not None and self.state.phase == "trial":
-            return
         if current is not None and current.version != "unknown":
             order = self._compare(version, current.version)
             if order is None or order <= 0:
@@ -803,7 +797,7 @@ class Supervisor:
             log.info("seed binary %s is newer than the installed %s: installing it", version,
                      current.version)
         name = install.stage_copy(self.s.bin_dir, seed)
-        sha = self._sha(self.s.bin_dir / name)
+        (sha,) = self._shas([self.s.bin_dir / name])
         if sha != seed_sha:
             (self.s.bin_dir / name).unlink(missing_ok=True)
             raise HostError(f"copy of {seed} does not match its sha256; disk problem?")
@@ -817,14 +811,16 @@ class Supervisor:
         self.state = self._save(dataclasses.replace(
             self.state, phase="committed", current=Build(version, sha), previous=previous))
 
-    def _sha(self, path: Path) -> str | None:
-        """sha256 of a file, computed in a short-lived process (see ``launcher.oneshot``)."""
-        code, out = run_capture([sys.executable, "-m", "launcher.oneshot", "sha256", str(path)],
-                                self.reaper, timeout_s=120.0, env=self._python_env())
-        digest = out.strip()
-        if code != 0 or not (digest == "-" or len(digest) == 64):
-            raise HostError(f"cannot hash {path}: the helper exited {code}")
-        return None if digest == "-" else digest
+    def _shas(self, paths: Sequence[Path]) -> list[str | None]:
+        """sha256 of files (None: missing), in one short-lived process (``launcher.oneshot``)."""
+        code, out = run_capture(
+            [sys.executable, "-m", "launcher.oneshot", "sha256", *map(str, paths)],
+            self.reaper, timeout_s=120.0, env=self._python_env())
+        digests = out.split()
+        if code != 0 or len(digests) != len(paths) or any(
+                d != "-" and len(d) != 64 for d in digests):
+            raise HostError(f"cannot hash {', '.join(map(str, paths))}: the helper exited {code}")
+        return [None if d == "-" else d for d in digests]
 
     def _compare(self, a: str, b: str) -> int | None:
         """Version order through ``launcher.oneshot`` (the resident imports no packaging)."""

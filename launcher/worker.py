@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -92,7 +92,7 @@ def _check(
 
         source = github.from_settings(s, client)
     elif urlsplit(url).scheme == "file":
-        source = LocalSource(Path(urlsplit(url).path))
+        source = LocalSource.from_url(url)
     else:
         source = HttpSource(url, client=client)
     fetched: FetchResult = source.fetch(validators)
@@ -134,13 +134,12 @@ def _check(
     log.info("Update found: %s. Synchronizing...", manifest.version)
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    if urlsplit(binary.url).scheme == "file" and urlsplit(s["manifest_url"]).scheme != "file":
-        raise InsecureError(f"refusing local file URL {binary.url} from a remote manifest")
-    if urlsplit(binary.url).scheme == "http" and not s.get("allow_http"):
-        raise InsecureError(f"refusing plain http URL {binary.url}: use https or --allow-http")
+    # Plain http is refused by the client itself, on this URL and every redirect hop.
     if urlsplit(binary.url).scheme == "file":
+        if not isinstance(source, LocalSource):
+            raise InsecureError(f"refusing local file URL {binary.url} from a remote manifest")
         staged = download.copy_local(
-            Path(unquote(urlsplit(binary.url).path)), bin_dir,
+            LocalSource.from_url(binary.url).path, bin_dir,
             expected_sha256=binary.sha256, expected_size=binary.size,
             max_bytes=int(s["max_binary_bytes"]))
     else:
