@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import importlib
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -15,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import unavailable
 
 from launcher import settings as launcher_settings
 from launcher.settings import Settings
@@ -38,9 +38,8 @@ def need(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{module} is missing: install the project's `test` extra in CI")
-        pytest.skip(f"{module} is not installed")
+        unavailable(f"{module} is missing: install the project's `test` extra")
+        raise
 
 
 def documents(path: Path) -> list[dict[str, Any]]:

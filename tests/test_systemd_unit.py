@@ -21,13 +21,13 @@ host unit it loads. What ``=yes`` pulls in, found on Debian 12 / systemd 252:
 from __future__ import annotations
 
 import configparser
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 
 from launcher.settings import Settings
 
@@ -46,9 +46,8 @@ def systemd_analyze() -> str:
     """The tool's path; missing fails the test under CI=true and skips it elsewhere."""
     path = shutil.which("systemd-analyze")
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("systemd-analyze is missing: install the systemd package in CI")
-        pytest.skip("systemd-analyze is not installed")
+        unavailable("systemd-analyze is missing: install the systemd package")
+    assert path is not None
     return path
 
 

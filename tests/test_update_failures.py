@@ -31,6 +31,12 @@ def manifest(version: str, url: str, sha: str, size: int | None = None) -> dict[
             "binaries": {"linux-amd64": entry, "linux-arm64": entry}}
 
 
+def publish_manifest(srv: ReleaseServer, version: str, sha: str, size: int | None = None) -> None:
+    """Serve a manifest naming the server's /bin/agent."""
+    srv.publish("/version.json", Route(body=json.dumps(
+        manifest(version, srv.url("/bin/agent"), sha, size)).encode()))
+
+
 BAD_MANIFESTS = {
     "malformed JSON": (b'{"version": "0.1.1", "binaries": ',
                        "manifest: manifest is not valid JSON"),
@@ -143,8 +149,7 @@ def test_malformed_manifest_through_the_launcher_then_recovery(
         lch = start_with_seed(launcher, build("0.1.0"), srv.url("/version.json"))
         assert_untouched(lch, "0.1.0", "manifest")
         sha = hashlib.sha256(good).hexdigest()
-        srv.publish("/version.json", Route(body=json.dumps(
-            manifest("0.1.1", srv.url("/bin/agent"), sha, len(good))).encode()))
+        publish_manifest(srv, "0.1.1", sha, len(good))
         lch.wait_healthy("0.1.1")
         assert lch.wait_state(lambda s: s["phase"] == "committed"
                               and s["current"]["version"] == "0.1.1")["last_error"] is None
@@ -158,8 +163,7 @@ def test_wrong_checksum_is_refused_and_not_marked_bad(
     sha = hashlib.sha256(good).hexdigest()
     with ReleaseServer() as srv:
         srv.publish("/bin/agent", Route(body=good[:-1] + b"X"))
-        srv.publish("/version.json", Route(body=json.dumps(
-            manifest("0.1.1", srv.url("/bin/agent"), sha)).encode()))
+        publish_manifest(srv, "0.1.1", sha)
         lch = start_with_seed(launcher, build("0.1.0"), srv.url("/version.json"))
         st = assert_untouched(lch, "0.1.0", "sha256")
         assert "sha256 mismatch" in st["last_error"]
@@ -176,8 +180,7 @@ def test_truncated_download_is_refused(launcher: Callable[..., Launcher],
     with ReleaseServer() as srv:
         srv.publish("/bin/agent", Route(body=good[: len(good) // 2], behaviour="truncate",
                                         declared_length=len(good)))
-        srv.publish("/version.json", Route(body=json.dumps(
-            manifest("0.1.1", srv.url("/bin/agent"), sha, len(good))).encode()))
+        publish_manifest(srv, "0.1.1", sha, len(good))
         lch = start_with_seed(launcher, build("0.1.0"), srv.url("/version.json"))
         st = assert_untouched(lch, "0.1.0", "download")
         assert "truncated" in st["last_error"] or "incomplete" in st["last_error"]
@@ -190,8 +193,7 @@ def test_missing_binary_is_a_transport_error_not_a_bad_build(
     good = build("0.1.1").read_bytes()
     sha = hashlib.sha256(good).hexdigest()
     with ReleaseServer() as srv:
-        srv.publish("/version.json", Route(body=json.dumps(
-            manifest("0.1.1", srv.url("/bin/agent"), sha)).encode()))
+        publish_manifest(srv, "0.1.1", sha)
         lch = start_with_seed(launcher, build("0.1.0"), srv.url("/version.json"))
         st = assert_untouched(lch, "0.1.0", "transport")
         assert "404" in st["last_error"]
@@ -212,9 +214,7 @@ def test_preflight_failure_is_refused_and_not_marked_bad(
     data = body.encode()
     with ReleaseServer() as srv:
         srv.publish("/bin/agent", Route(body=data))
-        srv.publish("/version.json", Route(body=json.dumps(
-            manifest("0.1.1", srv.url("/bin/agent"), hashlib.sha256(data).hexdigest(),
-                     len(data))).encode()))
+        publish_manifest(srv, "0.1.1", hashlib.sha256(data).hexdigest(), len(data))
         lch = start_with_seed(launcher, build("0.1.0"), srv.url("/version.json"))
         st = assert_untouched(lch, "0.1.0", "preflight")
         assert expected in st["last_error"]
