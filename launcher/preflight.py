@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from launcher.errors import PreflightError
+from launcher.reaper import signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,7 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 def _describe_status(status: int) -> str:
     if status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        return f"was killed by {name}"
+        return f"was killed by {signal_name(-status)}"
     return f"exited {status}"
 
 

@@ -38,16 +38,33 @@ def set_subreaper() -> bool:
         return False
 
 
-def decode_status(status: int) -> tuple[int, str]:
-    """(exit code in shell convention, words).
+def signal_name(signum: int) -> str:
+    """``SIGTERM``; real-time signals as ``SIGRTMIN+3``; anything else as ``signal 77``."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        pass
+    rtmin, rtmax = signal.SIGRTMIN, signal.SIGRTMAX
+    if rtmin < signum < rtmax:
+        return f"SIGRTMIN+{signum - rtmin}"
+    return f"signal {signum}"
 
-    ``(3, 'exited 3')``; ``(143, 'killed by SIGTERM')``.
+
+def decode_status(status: int) -> tuple[int, str]:
+    """(exit code in shell convention, words), for any status ``waitpid`` can return.
+
+    ``(3, 'exited 3')``; ``(143, 'killed by SIGTERM')``; ``(166, 'killed by SIGRTMIN+4')``.
     """
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        return 128 + sig, f"killed by {signal.Signals(sig).name}"
-    code = os.waitstatus_to_exitcode(status)
-    return code, f"exited {code}"
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return 128 + sig, f"killed by {signal_name(sig)}{core}"
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        return code, f"exited {code}"
+    if os.WIFSTOPPED(status):  # only with WUNTRACED, which we never ask for
+        return 128 + os.WSTOPSIG(status), f"stopped by {signal_name(os.WSTOPSIG(status))}"
+    return 255, f"ended with wait status {status:#x}"
 
 
 class Reaper:
@@ -101,11 +118,19 @@ class Reaper:
             reaped.append((pid, status))
         return reaped
 
+    def pending(self) -> bool:
+        """A signal or an exit status is queued: the loop's next wait must not block."""
+        return bool(self.signals or self.statuses)
+
+    def stop_requested(self) -> bool:
+        return any(s in (signal.SIGTERM, signal.SIGINT) for s in self.signals)
+
     def pop(self, pid: int) -> int | None:
         return self.statuses.pop(pid, None)
 
     def forget_others(self, keep: set[int]) -> None:
         for pid in [p for p in self.statuses if p not in keep]:
+            # Orphans the kernel handed us (as PID 1 or a subreaper): reaped and forgotten.
             log.debug("reaped orphan pid %d (%s)", pid, decode_status(self.statuses[pid])[1])
             del self.statuses[pid]
 
