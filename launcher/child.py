@@ -11,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import selectors
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
 
-from launcher.reaper import Reaper, decode_status
+from launcher.loop import Loop
+from launcher.reaper import Reaper, decode_status, signal_name
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def spawn(
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
+    except (psutil.Error, OSError):
         return []
 
 
@@ -102,9 +102,10 @@ class Child:
         *,
         stdin_fd: int | None = None,
         stdout_fd: int | None = None,
+        shown: str | None = None,
     ) -> Child:
         pid = spawn(argv, env, stdin_fd=stdin_fd, stdout_fd=stdout_fd)
-        log.info("started %s (pid %d): %s", name, pid, " ".join(argv))
+        log.info("started %s (pid %d): %s", name, pid, shown or " ".join(argv))
         return cls(name, pid, reaper, time.monotonic())
 
     def poll(self) -> int | None:
@@ -129,11 +130,11 @@ class Child:
         """
         if self.poll() is not None:
             assert self.status is not None
-            self._sweep([])
+            end_group(self.pid, self._reaper)
             return self.status
         family = descendants(self.pid)
         log.info("stopping %s (pid %d) with %s, grace %.1fs",
-                 self.name, self.pid, signal.Signals(sig).name, grace_s)
+                 self.name, self.pid, signal_name(sig), grace_s)
         signal_tree(self.pid, sig)
         status = self._reaper.wait_for(self.pid, grace_s)
         if status is None:
@@ -144,28 +145,67 @@ class Child:
             if status is None:  # pragma: no cover - the kernel always delivers SIGKILL
                 raise RuntimeError(f"{self.name} pid {self.pid} survived SIGKILL")
         self.status = status
-        self._sweep(family)
+        left = alive(family)
+        for p in left:
+            log.warning("killing leftover process %d of %s", p.pid, self.name)
+        end_processes(left, 0.0, self._reaper)
+        end_group(self.pid, self._reaper)
         log.info("%s (pid %d) %s", self.name, self.pid, decode_status(status)[1])
         return status
 
-    def _sweep(self, family: list[psutil.Process]) -> None:
-        """SIGKILL descendants still alive (e.g. ones that called setsid)."""
-        alive = []
-        for p in family:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(p)
-            except psutil.Error:
-                continue
-        for p in alive:
-            log.warning("killing leftover process %d of %s", p.pid, self.name)
-            try:
-                p.kill()
-            except psutil.Error:
-                continue
-        if alive:
-            time.sleep(0.05)
-            self._reaper.reap()
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` that still run (a zombie does not)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def end_processes(procs: list[psutil.Process], grace_s: float, reaper: Reaper) -> None:
+    """SIGTERM, up to ``grace_s`` to go, then SIGKILL; exits are reaped (none is our child's
+    business: these are leftovers nobody tracks)."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        if sig == signal.SIGTERM and grace_s <= 0:
+            continue
+        for p in procs:
+            with contextlib.suppress(psutil.Error, OSError):
+                p.send_signal(sig)
+        deadline = time.monotonic() + wait_s
+        while (procs := alive(procs)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            reaper.reap()
+        if not procs:
+            break
+    reaper.reap()
+
+
+def end_group(pgid: int, reaper: Reaper) -> None:
+    """Kill what is left of a process group whose leader has exited."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+        reaper.reap()
+
+
+def adopted(tracked: set[int]) -> list[psutil.Process]:
+    """Our children that nobody started: orphans handed to us as PID 1 or as a subreaper,
+    with whatever they have started since."""
+    try:
+        kids = psutil.Process().children()
+    except (psutil.Error, OSError):
+        return []
+    found = []
+    for p in kids:
+        if p.pid in tracked:
+            continue
+        found.append(p)
+        with contextlib.suppress(psutil.Error, OSError):
+            found.extend(p.children(recursive=True))
+    return alive(found)
 
 
 class PipedChild:
@@ -173,16 +213,17 @@ class PipedChild:
 
     MAX_OUTPUT = 1 << 20
 
-    def __init__(self, proc: Child, stdout_fd: int, epoch: int,
-                 sel: selectors.BaseSelector, tag: str) -> None:
+    def __init__(self, proc: Child, stdout_fd: int, epoch: int, loop: Loop,
+                 on_data: Callable[[], None] | None = None) -> None:
         self.proc = proc
         self.epoch = epoch  # the supervisor's decision epoch when the check started
         self.fd = stdout_fd
         self.buf = bytearray()
         self.eof = False
-        self.sel = sel
+        self.loop = loop
+        self.on_data = on_data
         os.set_blocking(stdout_fd, False)
-        sel.register(stdout_fd, selectors.EVENT_READ, tag)
+        loop.add_reader(stdout_fd, self.read)
 
     def read(self) -> None:
         """Take what the pipe holds (capped); notes the end of output."""
@@ -192,14 +233,53 @@ class PipedChild:
             return
         if not chunk:
             self.eof = True
-            self.sel.unregister(self.fd)
-        elif len(self.buf) < self.MAX_OUTPUT:
+            self.loop.remove_reader(self.fd)
+            return
+        if len(self.buf) < self.MAX_OUTPUT:
             self.buf += chunk
+        if self.on_data is not None:
+            self.on_data()
+
+    def drain(self) -> None:
+        """Read what is left once the process has exited (a grandchild may hold the pipe
+        open, so the end of output is not waited for)."""
+        for _ in range(64):
+            if self.eof:
+                return
+            before = len(self.buf)
+            self.read()
+            if len(self.buf) == before and not self.eof:
+                return
 
     def close(self) -> None:
-        if not self.eof:
-            self.sel.unregister(self.fd)
+        self.loop.remove_reader(self.fd)
         os.close(self.fd)
+
+
+def spawn_piped(name: str, argv: Sequence[str], env: Mapping[str, str], reaper: Reaper,
+                loop: Loop, epoch: int, stdin: bytes = b"",
+                on_data: Callable[[], None] | None = None,
+                shown: str | None = None) -> PipedChild:
+    """Start ``argv`` with ``stdin`` as its whole input and its stdout read by the loop.
+    Raises OSError when it cannot be started."""
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = Child.start(name, argv, env, reaper, stdin_fd=in_r, stdout_fd=out_w,
+                           shown=shown)
+    except OSError:
+        os.close(out_r)
+        os.close(in_w)
+        raise
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    try:  # small: fits the pipe; closing sends EOF
+        with contextlib.suppress(BrokenPipeError):
+            os.write(in_w, stdin)
+    finally:
+        os.close(in_w)
+    return PipedChild(proc, out_r, epoch, loop, on_data)
 
 
 def run_capture(argv: Sequence[str], reaper: Reaper, timeout_s: float = 10.0,

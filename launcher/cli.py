@@ -1,9 +1,10 @@
 """``nginx-manager-launcher``: argument parsing, logging, wiring; the only place that exits.
 
 Exit codes: 0 success (``run``: after a requested stop), 2 bad configuration or another
-launcher on the state dir, 100 after a swap in container mode (``run``), 1 for other
-errors (``check``: the source did not answer or the manifest was refused); ``run``
-passes on the agent's own code when it did not stop cleanly.
+launcher on the state dir, 3 when ``rollback`` has no other build to go back to (nothing
+is changed), 100 after a swap in container mode (``run``), 1 for other errors (``check``:
+the source did not answer or the manifest was refused); ``run`` passes on the agent's own
+code when it did not stop cleanly.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from launcher import control, settings
-from launcher.errors import ConfigError, LauncherError, LockedError
+from launcher.errors import ConfigError, HostError, LauncherError, LockedError
 from launcher.journal import Journal, State, check_request, utc_iso
 from launcher.lock import StateLock, holder_pid
 
 log = logging.getLogger("launcher")
 
 EXIT_CONFIG = 2
+EXIT_REFUSED = 3  # rollback: there is no other build to roll back to; nothing was changed
 DEFAULT_STATE_DIR = "/var/lib/nginx-manager"
 
 
@@ -234,18 +236,30 @@ def _offline(state_dir: Path) -> tuple[StateLock, Journal, State]:
     return lock, journal, state
 
 
-def _ask_launcher(state_dir: Path, request: dict[str, object]) -> int | None:
-    if holder_pid(state_dir) is None:
-        return None
-    try:
-        answer = control.send(state_dir, request)
-    except (OSError, ValueError):
-        return None
+def _ask_launcher(state_dir: Path, request: dict[str, object],
+                  wait_s: float = 10.0) -> int | None:
+    """Send ``request`` to the running launcher; None when none runs. A launcher that is
+    still starting (its control socket not yet listening) is waited for a little."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        pid = holder_pid(state_dir)
+        if pid is None:
+            return None
+        try:
+            answer = control.send(state_dir, request)
+            break
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            if time.monotonic() > deadline:
+                raise HostError(f"the launcher (pid {pid}) does not answer on "
+                                f"{state_dir / control.SOCKET_NAME}: {exc.strerror}") from exc
+            time.sleep(0.2)
+        except (OSError, ValueError) as exc:
+            raise HostError(f"the launcher (pid {pid}) gave no answer: {exc}") from exc
     if answer.get("ok"):
         print(answer.get("message"))
         return 0
     print(f"error: {answer.get('error')}", file=sys.stderr)
-    return 1
+    return EXIT_REFUSED if answer.get("refused") else 1
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -257,12 +271,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     lock, journal, state = _offline(state_dir)
     try:
-        state = install.recover(state, state_dir / "bin")
+        state = journal.save(install.recover(state, state_dir / "bin"))
         failed = state.current
+        refusal = install.rollback_refusal(state, state_dir / "bin")
+        if refusal is not None or failed is None:
+            print(f"error: {refusal}; nothing was changed", file=sys.stderr)
+            return EXIT_REFUSED
         state, ok = control.rollback(state, state_dir / "bin", journal,
                                      "rolled back by the operator", utc_iso())
-        if not ok or failed is None:
-            print("error: no agent.old to roll back to", file=sys.stderr)
+        if not ok:
+            print("error: the rollback could not be done", file=sys.stderr)
             return 1
         restored = state.current.version if state.current else "?"
         print(f"rolled back from {failed.version} to {restored}; {failed.version} is blocked "

@@ -18,25 +18,30 @@ from pathlib import Path
 
 from launcher import faults, install
 from launcher.journal import Journal, State
+from launcher.loop import Loop
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
+REQUEST_DEADLINE_S = 2.0
+MAX_REQUEST = 65536
+MAX_CONNECTIONS = 8
 Handler = Callable[[dict[str, object]], dict[str, object]]
 
 
 def rollback(
     state: State, bin_dir: Path, journal: Journal, reason: str, at: str,
-    fault: faults.FaultHook | None = None,
+    fault: faults.FaultHook | None = None, shas: install.Hasher = install.file_shas,
 ) -> tuple[State, bool]:
     """Mark ``current`` bad and put ``previous`` back; (new state, whether it rolled back).
 
-    Without a previous build nothing changes and the answer is False.
+    Without another build to go back to (``install.rollback_refusal``) nothing changes
+    and the answer is False.
 
     The bad mark is journaled before any file moves, so it survives a kill at any step.
     """
     failed, target = state.current, state.previous
-    if failed is None or target is None or not (bin_dir / install.OLD).exists():
+    if failed is None or target is None or install.rollback_refusal(state, bin_dir, shas):
         return state, False
     state = state.with_bad(failed, reason, at)
     state = journal.save(dataclasses.replace(state, phase="rolling_back", rollback_to=target))
@@ -60,46 +65,86 @@ def unblock(state: State, version: str) -> tuple[State, int]:
 
 
 class ControlServer:
-    def __init__(self, state_dir: Path, handler: Handler) -> None:
+    """``control.sock``: one JSON request line in, one JSON answer out, per connection.
+
+    Connections are served by the loop without blocking it: each reads as its data
+    arrives, and each has one overall deadline (``REQUEST_DEADLINE_S``) for its whole
+    request, however slowly it trickles in. A malformed, deeply nested, oversized or late
+    request gets an error answer; the loop goes on.
+    """
+
+    def __init__(self, state_dir: Path, handler: Handler, loop: Loop) -> None:
         self.path = state_dir / SOCKET_NAME
         self.path.unlink(missing_ok=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self.sock.bind(str(self.path))
             os.chmod(self.path, 0o600)
-            self.sock.listen(4)
+            self.sock.listen(MAX_CONNECTIONS)
         except OSError:
             self.sock.close()
             raise
         self.sock.setblocking(False)
         self.handler = handler
+        self.loop = loop
+        self.conns: dict[int, tuple[socket.socket, bytearray]] = {}
+        loop.add_reader(self.sock.fileno(), self._accept)
 
-    def accept(self) -> None:
+    def _accept(self) -> None:
         try:
             conn, _ = self.sock.accept()
+        except OSError:
+            return
+        if len(self.conns) >= MAX_CONNECTIONS:
+            conn.close()
+            return
+        conn.setblocking(False)
+        fd = conn.fileno()
+        self.conns[fd] = (conn, bytearray())
+        self.loop.add_reader(fd, lambda: self._read(fd))
+        self.loop.timers.set(f"control.{fd}", REQUEST_DEADLINE_S,
+                             lambda: self._answer(fd, {"ok": False, "error": "bad request: "
+                                                       "not complete within "
+                                                       f"{REQUEST_DEADLINE_S:g}s"}))
+
+    def _read(self, fd: int) -> None:
+        conn, buf = self.conns[fd]
+        try:
+            chunk = conn.recv(4096)
         except BlockingIOError:
             return
-        with conn:
-            conn.settimeout(2.0)
-            try:
-                data = b""
-                while not data.endswith(b"\n") and len(data) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                request = json.loads(data)
-                if not isinstance(request, dict):
-                    raise ValueError("request is not an object")
-                answer = self.handler(request)
-            except (OSError, ValueError) as exc:
-                answer = {"ok": False, "error": f"bad request: {exc}"}
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps(answer).encode() + b"\n")
+        except OSError:
+            chunk = b""
+        buf += chunk
+        if not chunk or b"\n" in buf or len(buf) > MAX_REQUEST:
+            self._answer(fd, self._handle(bytes(buf)))
+
+    def _handle(self, data: bytes) -> dict[str, object]:
+        if len(data) > MAX_REQUEST:
+            return {"ok": False, "error": f"bad request: larger than {MAX_REQUEST} bytes"}
+        try:
+            request = json.loads(data.split(b"\n", 1)[0])
+        except (ValueError, RecursionError) as exc:
+            return {"ok": False, "error": f"bad request: not JSON ({type(exc).__name__})"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "bad request: not a JSON object"}
+        return self.handler(request)
+
+    def _answer(self, fd: int, answer: dict[str, object]) -> None:
+        conn, _ = self.conns.pop(fd)
+        self.loop.remove_reader(fd)
+        self.loop.timers.cancel(f"control.{fd}")
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(0.5)  # a short answer into a local socket buffer
+            conn.sendall(json.dumps(answer).encode() + b"\n")
 
     def close(self) -> None:
+        for fd in list(self.conns):
+            self._answer(fd, {"ok": False, "error": "launcher stopping"})
+        self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a state dir turned read-only keeps the name
+            self.path.unlink(missing_ok=True)
 
 
 def send(state_dir: Path, request: dict[str, object], timeout_s: float = 60.0) -> dict[str, object]:

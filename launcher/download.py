@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from launcher.errors import ChecksumError, DownloadError, HostError, TransportError
+from launcher.journal import set_mode
 from launcher.sources.http import iter_raw_body, status_error, transport_error
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,6 @@ class _FileWriter:
 def _finish(fd: int, path: Path) -> None:
     try:
         os.fsync(fd)
-        os.fchmod(fd, 0o755)
+        set_mode(path, 0o755)
     except OSError as exc:
         raise HostError(f"cannot write {path}: {exc.strerror or exc}") from exc

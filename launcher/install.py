@@ -2,7 +2,8 @@
 
 ``bin/agent`` is never absent once installed: every change is a single ``rename`` over
 it. The swap first hard-links the running build to ``agent.old`` (replacing the older
-one), then renames the verified staged file over ``agent``. A rollback renames
+one; a fsynced copy where the filesystem has no hard links), then renames the verified
+staged file over ``agent``. A rollback renames
 ``agent.old`` over ``agent``. Temp files in ``bin/`` all start with ``.agent.`` so a
 restarted launcher can recognise and remove leftovers.
 """
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from launcher.faults import FaultHook
-from launcher.journal import Build, State, Trial, fsync_dir, utc_iso
+from launcher.journal import Build, State, Trial, fsync_dir, link_or_copy, set_mode, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def stage_copy(bin_dir: Path, source: Path) -> str:
             shutil.copyfileobj(src, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o755)
+        set_mode(tmp, 0o755)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,7 +74,7 @@ def swap_in(bin_dir: Path, staged_file: str, fault: FaultHook | None = None) -> 
     if agent.exists():
         link = bin_dir / (TEMP_PREFIX + "old-link")
         link.unlink(missing_ok=True)
-        os.link(agent, link)
+        link_or_copy(agent, link)
         os.replace(link, old)
         # rename(2) is a no-op when both names already link the same file (agent.old left
         # as a link of agent by an interrupted swap): the temp name must then go by hand.
@@ -97,11 +98,37 @@ def restore_previous(bin_dir: Path) -> None:
 
 
 
+def rollback_refusal(state: State, bin_dir: Path, shas: Hasher = file_shas) -> str | None:
+    """Why ``agent.old`` cannot be rolled back to, in words; None when it can.
+
+    There must be a previous build on disk, and it must be another build than the one
+    running: a kill between the two steps of a swap can leave both names on one file.
+    """
+    agent, old = bin_dir / AGENT, bin_dir / OLD
+    if state.current is None:
+        return "no agent installed"
+    if state.previous is None:
+        return "no agent.old to roll back to"
+    try:
+        st_agent, st_old = agent.stat(), old.stat()
+    except FileNotFoundError:
+        return (f"the journal names {state.previous.version} as the previous build, but "
+                "bin/agent.old is gone")
+    if (st_agent.st_dev, st_agent.st_ino) == (st_old.st_dev, st_old.st_ino):
+        return "bin/agent.old is the same file as bin/agent: nothing else to roll back to"
+    agent_sha, old_sha = shas([agent, old])
+    if agent_sha == old_sha or state.previous.sha256 == state.current.sha256:
+        return (f"bin/agent.old is the same build as bin/agent ({state.current.label()}): "
+                "nothing else to roll back to")
+    return None
+
+
 def recover(state: State, bin_dir: Path, shas: Hasher = file_shas) -> State:
     """Finish or undo whatever a killed launcher left half done; the files are the truth.
 
     Returns the repaired state; the caller journals it. Never raises for a missing file:
-    an absent ``bin/agent`` yields phase ``empty`` so the launcher reinstalls.
+    an absent ``bin/agent`` yields phase ``empty`` so the launcher reinstalls. The rule for
+    each phase is the table in ``launcher.journal``'s docstring.
     """
     bin_dir.mkdir(parents=True, exist_ok=True)
     agent_sha, old_sha = shas([bin_dir / AGENT, bin_dir / OLD])
@@ -138,8 +165,12 @@ def recover(state: State, bin_dir: Path, shas: Hasher = file_shas) -> State:
             state = dataclasses.replace(state, phase="committed", rollback_to=None, trial=None)
 
     clean_temp_files(bin_dir, keep)
+    return _agree_with_files(state, bin_dir, agent_sha, old_sha)
 
-    # Make the journal agree with the files.
+
+def _agree_with_files(state: State, bin_dir: Path, agent_sha: str | None,
+                      old_sha: str | None) -> State:
+    """Make the journal agree with what ``bin/`` holds."""
     if agent_sha is None:
         if old_sha is not None:
             log.warning("recovery: bin/agent is missing; restoring bin/agent.old")
@@ -155,6 +186,13 @@ def recover(state: State, bin_dir: Path, shas: Hasher = file_shas) -> State:
             state = dataclasses.replace(state, current=state.trial.build)
         elif state.previous is not None and state.previous.sha256 == agent_sha:
             log.warning("recovery: bin/agent is the previous build %s", state.previous.version)
+            if state.phase == "trial" and state.current is not None:
+                # Only a rollback puts the previous build back during a trial: its bad mark
+                # was not written (disk full, read-only) or went with a torn journal.
+                log.warning("recovery: %s was rolled back during its trial; marking it bad",
+                            state.current.label())
+                state = state.with_bad(state.current, "rolled back during its trial (mark "
+                                       "re-derived at recovery)", utc_iso())
             state = dataclasses.replace(
                 state, phase="committed", current=state.previous, previous=None, trial=None)
         else:

@@ -3,23 +3,43 @@
 Every transition of the update cycle is written here before the files it describes
 change, atomically (temp file, fsync, replace, fsync of the directory), so a launcher
 killed at any instant comes back to a state it can finish or undo. A journal that
-cannot be parsed is set aside as ``state.json.corrupt-<time>`` and a fresh one is
-started: the files on disk are then the truth (see ``install.recover``).
+cannot be parsed is set aside as ``state.json.corrupt-<time>`` and the one before the
+last write (``state.json.prev``) is read instead; the files on disk are then the truth.
 
-Phases:
-    empty         nothing installed yet
-    committed     ``bin/agent`` is ``current`` and has passed its trial (or was seeded)
-    swapping      ``staged`` is being renamed into place
-    trial         ``current`` is new and on trial; ``previous`` is at ``bin/agent.old``
-    rolling_back  ``current`` failed; ``previous`` is being put back
+How a restarted launcher resumes each phase (``install.recover`` and the supervisor):
+
+    phase         files show               resume as
+    ------------  -----------------------  ------------------------------------------------
+    empty         no bin/agent             install the source's release
+    committed     bin/agent is current     run it; checks on the first-poll rule
+    swapping      bin/agent is staged      trial of the staged build, from 0 s
+                  bin/agent is current     swap abandoned; the next check fetches it again
+    trial         bin/agent is current     resume the trial at its run time, with a fresh
+                                           start-up grace; an agent that outlived the
+                                           launcher is stopped first, not charged
+                  bin/agent is previous    the rollback happened: previous is committed,
+                                           current is marked bad
+    rolling_back  agent.old is the target  rename it back, then as below
+                  bin/agent is the target  committed on it; the bad mark kept
+                  target gone              committed on what is there
+    any           bin/agent unknown        committed as version "unknown" (``--version``)
+    any           bin/agent missing        agent.old put back, else empty
+
+A bad mark is written before any file moves. When that write failed (disk full,
+read-only) or was lost with a torn journal, the trial row above re-derives it.
+``.state.json.*.tmp`` files left by a kill inside a write are removed at start.
+Filesystems without hard links (vfat, many FUSE mounts) get a copy, fsync and rename
+where a link would be used, with the same guarantees.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -73,6 +93,7 @@ class ChildInfo:
     version: str | None
     state: str  # running | backoff | stopped
     since: str
+    create_time: float | None = None  # the running agent's start (psutil), with ``pid``
 
 
 @dataclass(frozen=True)
@@ -183,13 +204,18 @@ def from_dict(d: dict[str, Any]) -> State:
         last_check_at=d.get("last_check_at"),
         last_error=d.get("last_error"),
         next_check_at=d.get("next_check_at"),
-        child=ChildInfo(child.get("pid"), child.get("version"), child["state"], child["since"])
+        child=ChildInfo(child.get("pid"), child.get("version"), child["state"], child["since"],
+                        _float_or_none(child.get("create_time")))
         if child
         else None,
         launcher_pid=d.get("launcher_pid"),
         updated_at=d.get("updated_at"),
         extra=dict(d.get("extra", {})),
     )
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def fsync_dir(path: Path) -> None:
@@ -200,6 +226,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# What link(2) and chmod(2) answer on filesystems that have no hard links or no modes.
+UNSUPPORTED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+
+
+def set_mode(path: Path | str, mode: int) -> None:
+    """chmod, tolerated where the filesystem has no modes (vfat) as long as the execute
+    bits asked for are there already."""
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        if exc.errno not in UNSUPPORTED:
+            raise
+        if os.stat(path).st_mode & mode & 0o111 != mode & 0o111:
+            raise
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` (a new name) hold what ``src`` holds: a hard link, or where the
+    filesystem has none, a copy that is on disk (fsynced) before this returns."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno not in UNSUPPORTED:
+            raise
+    with src.open("rb") as fin, open(dst, "xb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    set_mode(dst, os.stat(src).st_mode & 0o7777)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so a reader sees either the old or the new bytes, never a mix."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -208,7 +266,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        set_mode(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -252,12 +310,23 @@ class Journal:
         except FileNotFoundError:
             return None
 
+    def clean_temp_files(self) -> list[str]:
+        """Remove what a kill inside a write left: ``.state.json.*.tmp``, the link temp."""
+        removed = []
+        for p in self.path.parent.glob(".state.json.*"):
+            if p.name.endswith(".tmp") or p.name == ".state.json.prev-link":
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+        if removed:
+            log.info("removed leftover journal temp files: %s", ", ".join(sorted(removed)))
+        return removed
+
     def save(self, state: State) -> State:
         state = dataclasses.replace(state, updated_at=utc_iso())
         link = self.path.with_name(".state.json.prev-link")
         try:
             link.unlink(missing_ok=True)
-            os.link(self.path, link)
+            link_or_copy(self.path, link)
             os.replace(link, self.backup)
             link.unlink(missing_ok=True)  # left when both names were already one file
         except FileNotFoundError:

@@ -1,0 +1,81 @@
+"""Our own short-lived Python programs (the worker, the watcher, ``oneshot``), started isolated.
+
+``python -m`` puts the working directory first on ``sys.path`` and honours ``PYTHON*``
+variables, so a helper started that way from a writable directory imports whatever was
+planted there. Helpers run as ``python -I`` (no current directory, no user site, no
+``PYTHON*`` variables) with the launcher package's own directory put first explicitly.
+Each one arms a parent-death signal before anything else, so it dies with the launcher
+even when the launcher is killed alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from launcher.child import agent_environ, child_environ, run_capture
+from launcher.errors import HostError
+from launcher.reaper import Reaper
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+PR_SET_PDEATHSIG = 1
+
+# Runs before the helper's module: die with the parent (checked after arming, since the
+# parent may have died first), then run the module as __main__.
+_BOOT = (
+    "import ctypes,os,runpy,signal,sys;"
+    "p=int(sys.argv.pop(1));"
+    "ctypes.CDLL(None).prctl({pdeath},signal.SIGKILL,0,0,0);"
+    "os.getppid()==p or os._exit(1);"
+    "sys.path.insert(0,{root!r});"
+    "m=sys.argv.pop(1);sys.argv[0]=m;"
+    "runpy.run_module(m,run_name='__main__',alter_sys=True)"
+)
+
+
+def argv(module: str, *args: str, parent: int) -> list[str]:
+    """``python -I -c BOOT PARENT_PID MODULE ARGS...``."""
+    boot = _BOOT.format(pdeath=PR_SET_PDEATHSIG, root=PACKAGE_ROOT)
+    return [sys.executable, "-I", "-c", boot, str(parent), module, *args]
+
+
+def shown(module: str, *args: str) -> str:
+    """How a helper's command line is logged (the bootstrap is the same every time)."""
+    return " ".join([sys.executable, "-I", "-m", module, *args])
+
+
+def environ(base: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a helper that needs no credentials (``oneshot``, the watcher):
+    without systemd's per-process variables, the launcher's settings or source tokens."""
+    return agent_environ(base)
+
+
+def worker_environ(base: Mapping[str, str]) -> dict[str, str]:
+    """The update check's environment: it talks to the source, so it keeps the settings."""
+    return child_environ(base)
+
+
+def shas(paths: Sequence[Path], reaper: Reaper, env: Mapping[str, str],
+         parent: int) -> list[str | None]:
+    """sha256 of files (None: missing), in one short-lived process (``launcher.oneshot``)."""
+    code, out = run_capture(argv("launcher.oneshot", "sha256", *map(str, paths),
+                                 parent=parent), reaper, timeout_s=120.0, env=environ(env))
+    digests = out.split()
+    if code != 0 or len(digests) != len(paths) or any(
+            d != "-" and len(d) != 64 for d in digests):
+        raise HostError(f"cannot hash {', '.join(map(str, paths))}: the helper exited {code}")
+    return [None if d == "-" else d for d in digests]
+
+
+def compare(a: str, b: str, reaper: Reaper, env: Mapping[str, str],
+            parent: int) -> int | None:
+    """Version order (-1, 0, 1) through ``launcher.oneshot``; None when not comparable."""
+    code, out = run_capture(argv("launcher.oneshot", "compare", a, b, parent=parent), reaper,
+                            env=environ(env))
+    if code != 0:
+        return None
+    try:
+        return int(out.strip())
+    except ValueError:
+        return None

@@ -1,0 +1,210 @@
+"""The update machine: swap a verified build in, run its trial, commit it or roll it back.
+
+It owns the trial judge (``launcher.trial``) and its timer (``trial.tick``). Every way a
+trial ends goes through ``_act``: commit, or roll back (or, with no other build to go back
+to, keep the failed one marked bad); either way the check runner is resumed, so the host
+always has a next check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from launcher import container, control, health, install
+from launcher.errors import HostError
+from launcher.journal import Build, Staged, Trial
+from launcher.resident import Resident
+from launcher.trial import TrialJudge, Verdict
+
+log = logging.getLogger(__name__)
+
+TICK = "trial.tick"
+
+
+class Updates:
+    def __init__(self, res: Resident, start_agent: Callable[[], None],
+                 exit_: Callable[[int], None]) -> None:
+        self.res = res
+        self.start_agent = start_agent
+        self.exit = exit_
+        self.judge: TrialJudge | None = None
+
+    # ---- the swap ----------------------------------------------------------------------
+
+    def apply(self, build: Build, staged_file: str) -> None:
+        res, s = self.res, self.res.s
+        # Replacing nothing, or a build that cannot tell its version: no trial to run.
+        first = res.state.current is None or res.state.current.version == "unknown"
+        try:
+            res.state = res.journal.save_strict(dataclasses.replace(
+                res.state, phase="swapping", staged=Staged(build, staged_file)))
+        except OSError as exc:
+            log.error("cannot journal the swap to %s (%s); not swapping, will retry",
+                      build.version, exc.strerror or exc)
+            install.clean_temp_files(s.bin_dir)
+            res.state = dataclasses.replace(res.state, last_error=HostError(
+                f"cannot write the journal: {exc.strerror or exc}").describe())
+            res.checks.schedule(res.checks.poll_delay(1))
+            return
+        res.fault("staged")
+        try:
+            install.swap_in(s.bin_dir, staged_file, res.fault_hook)
+        except OSError as exc:
+            log.error("swap to %s failed: %s; keeping %s", build.version, exc, res.version())
+            install.clean_temp_files(s.bin_dir)
+            res.save(dataclasses.replace(
+                res.state, phase="empty" if res.state.current is None else "committed",
+                staged=None, last_error=HostError(f"swap failed: {exc}").describe()))
+            res.checks.schedule(res.checks.poll_delay(1))
+            return
+        if first:
+            if res.state.current is not None:  # an unidentifiable build: not worth keeping
+                (s.bin_dir / install.OLD).unlink(missing_ok=True)
+            res.save(dataclasses.replace(
+                res.state, phase="committed", current=build, previous=None, staged=None))
+            log.info("installed %s", build.version)
+            self.start_agent()
+            res.checks.resume()
+            return
+        res.save(dataclasses.replace(
+            res.state, phase="trial", previous=res.state.current, current=build, staged=None,
+            trial=Trial(build=build, started_at=res.now_iso())))
+        res.fault("swapped")
+        log.info("swapped in %s; %s kept as agent.old", build.version,
+                 res.state.previous.version if res.state.previous else "?")
+        res.keeper.stop()
+        if res.container:
+            container.say_swapped(build.version)
+            res.notify.stopping()
+            self.exit(container.EXIT_SWAPPED)
+            return
+        assert res.state.trial is not None
+        self.judge = self._judge(res.state.trial)
+        self.start_agent()
+        res.fault("trial.started")
+
+    # ---- the trial ---------------------------------------------------------------------
+
+    def resume_trial(self) -> None:
+        """A trial the journal holds (a launcher restart, a reboot, our own exit 100)."""
+        res = self.res
+        trial = res.state.trial
+        assert trial is not None
+        if res.container:
+            # The first start after our own exit 100 is expected; more mean the container
+            # itself keeps dying (OOM, liveness probe) while this build is on trial.
+            trial = dataclasses.replace(trial, container_restarts=trial.container_restarts + 1)
+            res.save(dataclasses.replace(res.state, trial=trial))
+            extra = trial.container_restarts - 1
+            if extra > container.MAX_TRIAL_RESTARTS:
+                self.rollback(f"container restarted {extra} times during the trial")
+                return
+        log.info("resuming the trial of %s: %.1fs of %.1fs done", trial.build.version,
+                 trial.run_time_s, res.s.health_window_s)
+        self.judge = self._judge(trial)
+
+    def child_started(self) -> None:
+        if self.judge is not None:
+            self.judge.child_started()
+            self._observe_later()
+
+    def child_exited(self, words: str, ran_s: float) -> bool:
+        """The trial child exited: the trial fails. False when no trial runs."""
+        if self.judge is None:
+            return False
+        self._act(self.judge.child_exited(words, ran_s))
+        return True
+
+    def note_trial_time(self) -> None:
+        """Keep the trial child's run time before it is stopped (a stop is not a verdict)."""
+        if self.judge is not None and self.res.keeper.running:
+            self.judge.ran(self.res.keeper.age_s())
+            self.res.save(dataclasses.replace(self.res.state, trial=self.judge.record))
+
+    def end_trial(self) -> None:
+        if self.judge is not None:
+            self.res.state = dataclasses.replace(self.res.state, trial=self.judge.record)
+        self.judge = None
+        self.res.loop.timers.cancel(TICK)
+
+    def _judge(self, trial: Trial) -> TrialJudge:
+        return TrialJudge(trial, self.res.s.health_window_s, health_url=self.res.s.health_url)
+
+    def _observe_later(self) -> None:
+        assert self.judge is not None
+        self.res.loop.timers.set(TICK, self.judge.next_observation_in(), self._observe)
+
+    def _observe(self) -> None:
+        res, judge = self.res, self.judge
+        res.reaper.reap()  # an exit that has happened is seen before any verdict
+        if judge is None or not res.keeper.running:
+            return
+        url = res.s.health_url
+        ok = health.probe(url) if url else None
+        seen = judge.record.healthy_seen
+        verdict = judge.observe(res.keeper.age_s(), ok)
+        if judge.record.healthy_seen and not seen:
+            log.info("agent %s answers %s", judge.record.build.version, url)
+        res.save(dataclasses.replace(res.state, trial=judge.record))
+        self._act(verdict)
+
+    def _act(self, verdict: Verdict) -> None:
+        if verdict.kind == "wait":
+            if self.res.keeper.running:
+                self._observe_later()
+            return
+        self.end_trial()
+        if verdict.kind == "commit":
+            self._commit()
+        else:
+            self.rollback(verdict.reason)
+
+    # ---- the ends of a trial -----------------------------------------------------------
+
+    def _commit(self) -> None:
+        res = self.res
+        trial = res.state.trial
+        assert trial is not None
+        res.fault("trial.passed")
+        res.save(dataclasses.replace(res.state, phase="committed", trial=None))
+        res.fault("committed")
+        log.info("update to %s committed after %.1fs healthy", trial.build.version,
+                 trial.run_time_s)
+        res.keeper.reset_backoff()
+        res.save_child("running")
+        res.checks.resume()
+
+    def rollback(self, reason: str) -> None:
+        """Put ``agent.old`` back, mark the failed build bad, restart the agent. With no
+        other build to go back to, the failed one is marked bad and kept; either way the
+        checks go on, so a fixed release can install."""
+        res = self.res
+        self.end_trial()
+        failed = res.state.current
+        assert failed is not None
+        res.checks.epoch += 1
+        refusal = install.rollback_refusal(res.state, res.s.bin_dir, res.shas)
+        ok = False
+        if refusal is None:
+            res.keeper.stop()
+            try:
+                res.state, ok = control.rollback(res.state, res.s.bin_dir, res.journal, reason,
+                                                 res.now_iso(), res.fault_hook, res.shas)
+            except OSError as exc:  # bin/ read-only or gone: nothing moved
+                refusal = f"cannot rename agent.old back: {exc.strerror or exc}"
+                res.state = dataclasses.replace(res.state, rollback_to=None,
+                                                last_error=HostError(refusal).describe())
+        if not ok:
+            log.error("cannot roll back from %s (%s): %s; keeping it", failed.version, reason,
+                      refusal or "agent.old is gone")
+            res.save(dataclasses.replace(res.state.with_bad(failed, reason, res.now_iso()),
+                                         phase="committed", trial=None))
+            if not res.keeper.running and not res.keeper.restart_pending:
+                self.start_agent()
+        else:
+            log.error("rolled back to %s: %s %s", res.version(), failed.label(), reason)
+            res.keeper.reset_backoff()
+            self.start_agent()
+        res.checks.resume()
