@@ -60,6 +60,30 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         time.sleep(0.02)
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``nginx-manager-launcher ARGS`` as a real process; its output and exit code."""
+    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs at ``tmp_path/state`` (unmounted after the launcher is gone)."""
+    target = tmp_path / "state"
+    target.mkdir()
+    try:
+        mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(target))
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        unavailable(f"cannot mount a tmpfs here: {exc}")
+    yield target
+    subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,13 +204,14 @@ class Launcher:
         return self.state()
 
     def health(self) -> dict[str, Any] | None:
+        import http.client
         import urllib.request
 
         try:
             with urllib.request.urlopen(self.health_url, timeout=1) as resp:
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):  # e.g. an agent stopping
             return None
 
     def wait_healthy(self, version: str, timeout: float = 15.0) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def quick_args(manifest_url: str, seed: Path, **over: str) -> list[str]:
         "--manifest-url": manifest_url,
         "--poll-interval": "0.2",
         "--jitter": "0",
-        "--health-window": "0.3",
+        "--health-window": "0.6",  # a crashing script exits inside it on a loaded host
         "--stop-grace": "2",
         "--download-deadline": "2",
         "--platform": "linux-amd64",

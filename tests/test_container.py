@@ -29,6 +29,14 @@ from conftest import (
 )
 
 
+def on_volume(volume: Path, *cmd: str) -> list[str]:
+    """``cmd`` with ``volume`` mounted as a volume is in a pod: its own mount (a bind mount
+    onto itself), in the mount namespace the caller made (``unshare --mount``)."""
+    volume.mkdir(parents=True, exist_ok=True)
+    return ["sh", "-c", 'v=$1; shift; mount --bind "$v" "$v" && exec "$@"', "sh", str(volume),
+            *cmd]
+
+
 class Kubelet:
     """Restarts the launcher container on every exit, with a scaled-down back-off."""
 
@@ -63,9 +71,9 @@ class Kubelet:
             with self.log_path.open("ab") as log, self.lock:
                 self.proc = subprocess.Popen(
                     [self.unshare, "--pid", "--fork", "--mount-proc", "--kill-child",
-                     sys.executable, "-m", "launcher", "run", "--state-dir", str(self.volume),
-                     *self.args], cwd=ROOT, stdout=log, stderr=log, env=env,
-                    start_new_session=True)
+                     *on_volume(self.volume, sys.executable, "-m", "launcher", "run",
+                                "--state-dir", str(self.volume), *self.args)],
+                    cwd=ROOT, stdout=log, stderr=log, env=env, start_new_session=True)
                 self.starts += 1
             code = self.proc.wait()
             self.exits.append(code)
@@ -207,9 +215,10 @@ def test_seeding_is_idempotent_and_version_aware(build: Callable[[str], Path],
 def run_briefly(volume: Path, seed: Path, seconds: float) -> str:
     """Run the launcher in container mode for ``seconds``, stop it, return its log."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", "run", "--state-dir", str(volume),
-         "--seed-binary", str(seed), "--mode", "container", "--", "run", "--health-addr",
-         "127.0.0.1:0"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        ["unshare", "--mount", *on_volume(
+            volume, sys.executable, "-m", "launcher", "run", "--state-dir", str(volume),
+            "--seed-binary", str(seed), "--mode", "container", "--", "run", "--health-addr",
+            "127.0.0.1:0")], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
         text=True)
     try:
         _, err = proc.communicate(timeout=seconds)

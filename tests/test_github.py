@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, Launcher, https_args
+from conftest import Launcher, https_args, run_cli
 from fake_github import FakeGitHub
 from release_server import Route
 
@@ -197,12 +194,6 @@ def test_signed_mode_takes_the_published_manifest(gh: FakeGitHub,
 
 
 # ---- through the launcher ---------------------------------------------------------------
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60, check=False,
-                          env={**os.environ, **(env or {})})
 
 
 def api_args(gh: FakeGitHub) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, Launcher, unavailable, wait_until
+from conftest import ROOT, Launcher, mount, unavailable, wait_until
 from hostile import (
     agent_pid,
     assert_untouched,
@@ -29,23 +29,6 @@ from hostile import (
     wait_committed,
 )
 from release_server import ReleaseServer, Route
-
-
-def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True)
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs at ``tmp_path/state`` (unmounted after the launcher is gone)."""
-    target = tmp_path / "state"
-    target.mkdir()
-    try:
-        _mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(target))
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        unavailable(f"cannot mount a tmpfs here: {exc}")
-    yield target
-    subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
 
 
 def test_disk_full_during_download(small_fs: Path, launcher: Callable[..., Launcher],
@@ -77,11 +60,11 @@ def read_only(path: Path) -> Iterator[None]:
     """``path`` becomes read-only for every new lookup (a read-only bind mount over itself),
     even while a process holds files in it open for writing, as a remount would not allow."""
     try:
-        _mount("--bind", str(path), str(path))
+        mount("--bind", str(path), str(path))
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
         unavailable(f"cannot bind-mount here: {exc}")
     try:
-        _mount("-o", "remount,bind,ro", str(path))
+        mount("-o", "remount,bind,ro", str(path))
         yield
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True, capture_output=True)
@@ -121,7 +104,7 @@ def test_read_only_state_dir_at_start_runs_the_agent(small_fs: Path,
     args = quick_args("http://127.0.0.1:9/version.json", sleeper(tmp_path, "0.1.0"))
     start(lch, args, "0.1.0")
     assert lch.stop() == 0
-    _mount("-o", "remount,ro", str(small_fs))
+    mount("-o", "remount,ro", str(small_fs))
     try:
         lch.start(*args, agent_args=())
         lch.wait_log("started agent 0.1.0", count=2)
@@ -129,7 +112,7 @@ def test_read_only_state_dir_at_start_runs_the_agent(small_fs: Path,
         assert "Read-only file system" in lch.log()
         assert lch.stop() == 0
     finally:
-        _mount("-o", "remount,rw", str(small_fs))
+        mount("-o", "remount,rw", str(small_fs))
 
 
 def test_binary_deleted_then_agent_dies(launcher: Callable[..., Launcher],
@@ -240,7 +223,8 @@ def test_wall_clock_jumping_changes_no_timing(launcher: Callable[..., Launcher],
             lch.log_path = log
             lch.proc = proc
             wait_committed(lch, "0.2.0")
-            text = log.read_text()
+            # The journal is written before the line is logged: wait for the line too.
+            text = lch.wait_log("committed after")
             trial = [line for line in text.splitlines() if "committed after" in line]
             assert len(trial) == 1, text
             took = float(trial[0].rsplit("after ", 1)[1].split("s")[0])

@@ -315,7 +315,7 @@ def _random_power_loss(seed: int, steps: int, server: UpdateServer,
 
     seed_agent = agent("1.0.0", crashes=False)
     lch = launcher()
-    args = [*fast_args(server, lch, **{"--health-url": "", "--health-window": "0.4",
+    args = [*fast_args(server, lch, **{"--health-url": "", "--health-window": "0.6",
                                        "--poll-interval": "0.2"}),
             "--seed-binary", str(seed_agent)]
     lch.start(*args, agent_args=())

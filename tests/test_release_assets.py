@@ -34,8 +34,10 @@ def test_assets_for_a_github_release(tmp_path: Path) -> None:
             "sha256": sha, "size": agent.stat().st_size}
         assert os.access(out / f"agent-{platform}", os.X_OK)
     sums = (out / "SHA256SUMS").read_text().splitlines()
-    assert sums == sorted(f"{hashlib.sha256((out / n).read_bytes()).hexdigest()}  {n}"
-                          for n in ("agent-linux-amd64", "agent-linux-arm64", "version.json"))
+    # One line per asset in name order, as the tool writes them (not in hash order: that
+    # would depend on this run's hashes).
+    assert sums == [f"{hashlib.sha256((out / n).read_bytes()).hexdigest()}  {n}"
+                    for n in ("agent-linux-amd64", "agent-linux-arm64", "version.json")]
     done = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import run_cli
 from release_server import ReleaseServer, Route
 
 from launcher import policy
 
 SHA = "ab" * 32
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60, check=False)
 
 
 def host_with_cohort(version: str, low: float, high: float) -> str:

@@ -23,7 +23,9 @@ MiB = 1 << 20
 def _cycles(n: int, server: UpdateServer, launcher: Callable[..., Launcher],
             tmp_path: Path) -> None:
     lch = launcher()
-    args = [*fast_args(server, lch, **{"--health-url": "", "--health-window": "0.2",
+    # The window is long enough that a crashing script has exited inside it on a loaded
+    # machine (a shell can take a few hundred ms to start there).
+    args = [*fast_args(server, lch, **{"--health-url": "", "--health-window": "0.6",
                                        "--poll-interval": "0.1"}),
             "--seed-binary", str(sleeper(tmp_path, "1.0.0"))]
     lch.start(*args, agent_args=())

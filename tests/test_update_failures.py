@@ -9,18 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Launcher, UpdateServer, fast_args, free_port, script_agent
+from conftest import Launcher, UpdateServer, fast_args, free_port, run_cli, script_agent
 from release_server import ReleaseServer, Route
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60, check=False)
 
 
 def manifest(version: str, url: str, sha: str, size: int | None = None) -> dict[str, object]:
@@ -259,7 +253,7 @@ def test_rollback_and_unblock_offline(launcher: Callable[..., Launcher],
     assert seed_version(agent) == "0.1.0"
     assert not (lch.state_dir / "bin" / "agent.old").exists()
     again = run_cli("rollback", "--state-dir", str(lch.state_dir))
-    assert again.returncode == 1 and "no agent.old" in again.stderr
+    assert again.returncode == 3 and "no agent.old" in again.stderr
     status = json.loads(run_cli("status", "--json", "--state-dir", str(lch.state_dir)).stdout)
     assert status["current_version"] == "0.1.0" and status["bad_versions"] == ["0.1.1"]
     assert status["launcher_pid"] is None
