@@ -34,7 +34,7 @@ from launcher.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "nginx-manager-agent.service"
 DROP_IN = ROOT / "systemd" / "override.conf.example"
-LAUNCHER = "/usr/local/bin/nginx-manager-launcher"
+LAUNCHER = "/usr/bin/nginx-manager-launcher"
 # Measured 4.3 with systemd 252 (`systemd-analyze security --offline=yes`). Dropping any single
 # hardening directive of the unit raises it to at least 4.5 (CapabilityBoundingSet= to 6.6),
 # so 4.4 fails on any loss while tolerating a rounding step. --threshold takes tenths.
