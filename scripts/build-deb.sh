@@ -82,7 +82,11 @@ ln -s /opt/nginx-manager-agent/venv/bin/nginx-manager-launcher "$root/usr/bin/ng
 
 install -D -m 0644 "$repo/systemd/nginx-manager-agent.service" \
     "$root/lib/systemd/system/nginx-manager-agent.service"
-install -D -m 0644 "$repo/systemd/launcher.toml.example" "$root/etc/nginx-manager/launcher.toml"
+# The conffile is the example with the package's own seed switched on.
+install -d "$root/etc/nginx-manager"
+sed 's|^# seed_binary = "/opt/nginx-manager-agent/agent"$|seed_binary = "/opt/nginx-manager-agent/agent"|' \
+    "$repo/systemd/launcher.toml.example" > "$root/etc/nginx-manager/launcher.toml"
+grep -qx 'seed_binary = "/opt/nginx-manager-agent/agent"' "$root/etc/nginx-manager/launcher.toml"
 install -d "$root/usr/share/man/man1"
 gzip -9n < "$repo/packaging/deb/nginx-manager-launcher.1" \
     > "$root/usr/share/man/man1/nginx-manager-launcher.1.gz"

@@ -43,6 +43,9 @@ def test_package_is_named_and_laid_out_as_documented(deb: Path, tmp_path: Path) 
         assert b"home = /usr/bin\n" in venv_cfg.read()
         python = tar.getmember("./opt/nginx-manager-agent/venv/bin/python3")
         assert python.issym() and python.linkname == "/usr/bin/python3"
+        conf = tar.extractfile("./etc/nginx-manager/launcher.toml")
+        assert conf is not None
+        assert 'seed_binary = "/opt/nginx-manager-agent/agent"\n' in conf.read().decode()
         owners = {(m.uname, m.gname, m.uid, m.gid) for m in tar.getmembers()}
         assert owners == {("root", "root", 0, 0)}
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
