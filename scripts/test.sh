@@ -10,6 +10,10 @@ cd "$repo"
 if [ "${1:-}" = --platforms ]; then
     shift
     echo "== platform suite" >&2
+    if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then
+        # Built once, cached between runs (tests/platforms/debian_root.py); tests copy it.
+        echo "== debian root: $(python tests/platforms/debian_root.py)" >&2
+    fi
     exec python -m pytest tests/platforms --platforms "$@"
 fi
 echo "== ruff" >&2
