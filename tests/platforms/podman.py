@@ -61,7 +61,11 @@ def inspect(name: str) -> dict[str, Any]:
 
 
 def died_codes(name: str) -> list[int]:
-    """Exit codes of every death of container ``name``, from podman's own event log."""
-    out = podman("events", "--stream=false", "--since", "1h", "--filter", f"container={name}",
-                 "--filter", "event=died", "--format", "{{.ContainerExitCode}}").stdout
-    return [int(line) for line in out.split()]
+    """Exit codes of every death of container ``name`` (by its id: a name is reused across
+    runs), from podman's own event log."""
+    container_id = str(inspect(name)["Id"])
+    out = podman("events", "--stream=false", "--since", "1h", "--filter",
+                 f"container={container_id}", "--filter", "event=died",
+                 "--format", "{{.ID}} {{.ContainerExitCode}}").stdout
+    return [int(code) for line in out.splitlines() if line.strip()
+            for cid, code in [line.split()] if cid == container_id]

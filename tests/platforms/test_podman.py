@@ -133,6 +133,8 @@ def test_update_exits_100_and_the_engine_restarts_it_on_the_new_build(
     assert state["HostConfig"]["RestartPolicy"]["Name"] == "always"
     pid1 = podman("exec", c.name, "cat", "/proc/1/cmdline").stdout.split("\0")
     assert "/usr/local/bin/nginx-manager-launcher" in pid1 and "run" in pid1
+    version = podman("exec", c.name, "nginx-manager-launcher", "--version").stdout.strip()
+    assert version == SEED  # the same launcher version as the Debian package
     host_pid = int(state["State"]["Pid"])
     assert "nginx-manager-launcher" in " ".join(psutil.Process(host_pid).cmdline())
 
@@ -211,6 +213,7 @@ def test_kube_play_runs_the_shipped_deployment(image: str, tmp_path: Path) -> No
         assert state["Config"]["User"].split(":")[0] == "10001"
         assert host["ReadonlyRootfs"] is True
         assert host["Memory"] == 128 * 1024 * 1024
+        assert (host["CpuQuota"], host["CpuPeriod"]) == (20000, 100000)  # 200m
         assert "CAP_NET_RAW" not in (state.get("EffectiveCaps") or [])
         assert not state.get("EffectiveCaps")
         mounts = {m["Destination"]: m for m in state["Mounts"]}

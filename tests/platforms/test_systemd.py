@@ -159,7 +159,7 @@ def crashing_build(tmp_path: Path, version: str) -> Path:
     return script_agent(tmp_path / f"agent-{version}", version, "echo crashing >&2\nexit 3")
 
 
-def test_package_lifecycle_under_systemd(machine: Machine, deb: Path) -> None:
+def test_package_lifecycle_under_systemd(machine: Machine, deb: Path, tmp_path: Path) -> None:
     """Install leaves the service off and says what to set; upgrade restarts a running
     launcher; remove stops it and keeps the state; purge removes the state."""
     out = install(machine, deb).stdout
@@ -174,6 +174,12 @@ def test_package_lifecycle_under_systemd(machine: Machine, deb: Path) -> None:
     bare = machine.run("python3", "-c", "import httpx", check=False)
     assert bare.returncode != 0 and "No module named 'httpx'" in bare.stderr
 
+    # Configured as the message says (a key; the example's source need not answer), so the
+    # launcher also starts once signatures are required by default.
+    key = make_key(tmp_path / "keys", "release")
+    shutil.copy(key.public, machine.root / "etc/nginx-manager/release.pub")
+    conf = machine.root / "etc/nginx-manager/launcher.toml"
+    conf.write_text(conf.read_text() + 'public_key = ["/etc/nginx-manager/release.pub"]\n')
     machine.run("systemctl", "start", UNIT)
     before = machine.show(UNIT, "MainPID", "ActiveState")
     assert before["ActiveState"] == "active"
