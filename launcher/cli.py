@@ -63,9 +63,34 @@ def _state_dir_option(p: argparse.ArgumentParser) -> None:
                    help=f"state directory (default {DEFAULT_STATE_DIR})")
 
 
+def launcher_version() -> str:
+    """The installed distribution's version: the one the Debian package and the image carry."""
+    from importlib import metadata  # only for --version: the resident never loads it
+
+    try:
+        return metadata.version("nginx-manager-agent")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`launcher_version` and exit, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS,
+                         help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(launcher_version())
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nginx-manager-launcher",
                                 description="Keeps the NGINX Manager Agent updated and running.")
+    p.add_argument("--version", action=_VersionAction, help="print the launcher's version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="supervise the agent and keep it up to date")
     _add_options(run)

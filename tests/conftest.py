@@ -25,13 +25,25 @@ sys.path.insert(0, str(ROOT / "packaging"))
 import build_agent  # noqa: E402
 import release_tool  # noqa: E402
 
+PLATFORMS = ROOT / "tests" / "platforms"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run the long variants")
+    parser.addoption("--platforms", action="store_true",
+                     help="run only the platform suite (tests/platforms: the Debian package, "
+                          "a booted systemd, podman); the main run leaves it out")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long variants (``@pytest.mark.slow``) are deselected, not skipped, unless --run-slow."""
+    """The platform suite runs only with --platforms, and then alone; long variants
+    (``@pytest.mark.slow``) are deselected, not skipped, unless --run-slow."""
+    platforms = config.getoption("--platforms")
+    other = [item for item in items if (PLATFORMS in item.path.parents) != platforms]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        left_out = set(other)
+        items[:] = [item for item in items if item not in left_out]
     if config.getoption("--run-slow"):
         return
     slow = [item for item in items if "slow" in item.keywords]

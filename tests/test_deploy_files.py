@@ -25,7 +25,7 @@ DOCKERFILE = ROOT / "packaging" / "Dockerfile"
 UNIT = ROOT / "systemd" / "nginx-manager-agent.service"
 EXAMPLE_CONFIG = ROOT / "systemd" / "launcher.toml.example"
 STATE_DIR = "/var/lib/nginx-manager"
-SEED = "/opt/nginx-manager/agent"
+SEED = "/opt/nginx-manager-agent/agent"
 # Time for the launcher to start (seeding included) and a freshly started agent to answer.
 START_MARGIN_S = 20.0
 # The launcher fails a trial after 3 consecutive failed probes, ticking at most every 2 s,
@@ -117,8 +117,33 @@ def test_manifest_runs_the_image_as_designed(path: Path) -> None:
     assert context["allowPrivilegeEscalation"] is False
     assert context["readOnlyRootFilesystem"] is True
     assert context["capabilities"] == {"drop": ["ALL"]}
+    assert spec["automountServiceAccountToken"] is False
+    assert ":latest" not in container["image"] and re.search(r":\d+\.\d+\.\d+", container["image"])
     assert container["resources"] == {"requests": {"cpu": "10m", "memory": "48Mi"},
                                       "limits": {"cpu": "200m", "memory": "128Mi"}}
+
+
+def quantity_bytes(text: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) * factor
+    return int(text)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_three_binaries_fit_the_state_volume(path: Path) -> None:
+    """agent, agent.old and a download in flight: the binary cap is below a third of the
+    emptyDir's sizeLimit, so the volume never fills mid-update."""
+    spec = pod_spec(path)
+    container = agent_container(path)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    size = quantity_bytes(volumes[mounts[STATE_DIR]]["emptyDir"]["sizeLimit"])
+    env = {e["name"]: e["value"] for e in container["env"]}
+    cap = launcher_settings.load({}, environ=env).max_binary_bytes
+    assert cap < Settings().max_binary_bytes  # the manifest lowers the default
+    assert 3 * cap < size
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -192,7 +217,9 @@ def test_dockerfile_runs_the_launcher_as_pid1() -> None:
     assert instruction("STOPSIGNAL") == ["SIGTERM"]
     assert instruction("EXPOSE") == ["8091"]
     (base,) = instruction("FROM")
-    assert base == "python:3.11-slim"
+    assert base == "${BASE_IMAGE}"
+    (default,) = [a for a in instruction("ARG") if a.startswith("BASE_IMAGE=")]
+    assert default == "BASE_IMAGE=python:3.11.2-slim-bookworm"  # a public default, pinned
 
 
 def test_dockerfile_state_seed_and_user() -> None:
@@ -213,7 +240,8 @@ def test_dockerfile_state_seed_and_user() -> None:
     assert env["NGINX_MANAGER_MODE"] == "container"
     runs = " ".join(instruction("RUN"))
     assert re.search(r"build_agent\.py \"\$AGENT_VERSION\" --output " + re.escape(SEED), runs)
-    assert "pip install --no-cache-dir" in runs
+    assert re.search(r"pip install --no-cache-dir --no-index\s+--find-links \S+\s+"
+                     r"--require-hashes\s+-r /src/packaging/requirements.lock", runs), runs
     assert re.search(r"(chown|install -d -o) 10001", runs)
     assert "AGENT_VERSION=0.1.0" in instruction("ARG")
 

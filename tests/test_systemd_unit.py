@@ -34,11 +34,11 @@ from launcher.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "nginx-manager-agent.service"
 DROP_IN = ROOT / "systemd" / "override.conf.example"
-LAUNCHER = "/usr/local/bin/nginx-manager-launcher"
-# Measured 4.3 with systemd 252 (`systemd-analyze security --offline=yes`). Dropping any single
-# hardening directive of the unit raises it to at least 4.5 (CapabilityBoundingSet= to 6.6),
-# so 4.4 fails on any loss while tolerating a rounding step. --threshold takes tenths.
-SECURITY_THRESHOLD = 44
+LAUNCHER = "/usr/bin/nginx-manager-launcher"
+# Measured 1.1 with systemd 252, offline (`systemd-analyze security --offline=yes`) and inside
+# the booted system (tests/platforms/test_systemd.py). Issue 10 asks for at most 2.0; 1.1 is
+# the claim, so losing any directive worth a tenth fails. --threshold takes tenths.
+SECURITY_THRESHOLD = 11
 PROBLEMS = re.compile(r"unknown|failed|invalid|ignoring|not found|refusing|deprecated", re.I)
 
 
@@ -140,6 +140,16 @@ def test_unit_has_the_directives_the_design_requires() -> None:
         "User": "nginx-manager",
         "CapabilityBoundingSet": "",
         "Environment": "NGINX_MANAGER_STATE_DIR=/var/lib/nginx-manager",
+        "StateDirectoryMode": "0700",
+        "UMask": "0077",
+        "PrivateDevices": "yes",
+        "ProtectClock": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectHostname": "yes",
+        "ProtectProc": "invisible",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "RemoveIPC": "yes",
+        "PrivateUsers": "yes",
     }
     assert {key: service.get(key) for key in expected} == expected
     assert service["ExecStart"] == f"{LAUNCHER} run --config /etc/nginx-manager/launcher.toml"
@@ -148,6 +158,10 @@ def test_unit_has_the_directives_the_design_requires() -> None:
     assert "DynamicUser" not in service
     assert "NoExecPaths" not in service  # the agent executes from the state directory
     assert "MemoryDenyWriteExecute" not in service
+    assert "ProcSubset" not in service  # psutil needs /proc/stat (seen on a booted systemd)
+    filters = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+               if line.startswith("SystemCallFilter=")]
+    assert filters == ["@system-service", "~@privileged @resources"]
 
 
 def test_stop_timeout_exceeds_the_launcher_stop_grace() -> None:
