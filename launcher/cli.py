@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher import control, settings
+from launcher import control, settings, trust
 from launcher.errors import ConfigError, HostError, LauncherError, LockedError
 from launcher.journal import Journal, State, check_request, utc_iso
 from launcher.lock import StateLock, holder_pid
@@ -256,9 +256,18 @@ def _offline(state_dir: Path) -> tuple[StateLock, Journal, State]:
     journal = Journal(state_dir)
     state = journal.load()
     if state is None:
-        lock.release()
+        _release(lock)
         raise ConfigError(f"no launcher state in {state_dir}")
     return lock, journal, state
+
+
+def _release(lock: StateLock) -> None:
+    """Unlock; run as root on the service's state dir, hand back what was written, so the
+    service can still write it (a root-owned journal would pause its updates for good)."""
+    lock.release()
+    d = lock.state_dir
+    trust.give_back(d, [d / trust.RUN_DIR, lock.path, d / "state.json", d / "state.json.prev",
+                        d / "bin", d / "bin" / "agent", d / "bin" / "agent.old"])
 
 
 def _ask_launcher(state_dir: Path, request: dict[str, object],
@@ -276,7 +285,7 @@ def _ask_launcher(state_dir: Path, request: dict[str, object],
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             if time.monotonic() > deadline:
                 raise HostError(f"the launcher (pid {pid}) does not answer on "
-                                f"{state_dir / control.SOCKET_NAME}: {exc.strerror}") from exc
+                                f"{control.socket_path(state_dir)}: {exc.strerror}") from exc
             time.sleep(0.2)
         except (OSError, ValueError) as exc:
             raise HostError(f"the launcher (pid {pid}) gave no answer: {exc}") from exc
@@ -312,7 +321,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
               "until unblocked")
         return 0
     finally:
-        lock.release()
+        _release(lock)
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:
@@ -327,7 +336,7 @@ def cmd_unblock(args: argparse.Namespace) -> int:
         print(f"unblocked {n} build(s) of {args.version}")
         return 0
     finally:
-        lock.release()
+        _release(lock)
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status,

@@ -1,8 +1,8 @@
 """Operator commands: ``rollback`` and ``unblock``, on a live launcher or on a quiet state dir.
 
-A running launcher owns the journal, so commands reach it over ``control.sock`` beside
-``state.json`` (one JSON request, one JSON answer). With no launcher running the CLI
-takes the lock and applies the same functions to the journal itself.
+A running launcher owns the journal, so commands reach it over ``run/control.sock`` (one
+JSON request, one JSON answer; ``run/`` is the launcher's private directory). With no
+launcher running the CLI takes the lock and applies the same functions to the journal.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from launcher import faults, install
+from launcher import faults, install, trust
 from launcher.journal import Journal, State
 from launcher.loop import Loop
 
@@ -74,16 +74,18 @@ class ControlServer:
     """
 
     def __init__(self, state_dir: Path, handler: Handler, loop: Loop) -> None:
-        self.path = state_dir / SOCKET_NAME
-        self.path.unlink(missing_ok=True)
+        self.path = socket_path(state_dir)
+        self.path.unlink(missing_ok=True)  # unlink never follows a symlink
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)  # born 0600: no instant at which others may connect
         try:
             self.sock.bind(str(self.path))
-            os.chmod(self.path, 0o600)
             self.sock.listen(MAX_CONNECTIONS)
         except OSError:
             self.sock.close()
             raise
+        finally:
+            os.umask(old)
         self.sock.setblocking(False)
         self.handler = handler
         self.loop = loop
@@ -147,11 +149,16 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
 
+def socket_path(state_dir: Path) -> Path:
+    """``run/control.sock``: in the launcher's private directory (``launcher.trust``)."""
+    return state_dir / trust.RUN_DIR / SOCKET_NAME
+
+
 def send(state_dir: Path, request: dict[str, object], timeout_s: float = 60.0) -> dict[str, object]:
     """Ask the running launcher; raises OSError when none listens."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
-        sock.connect(str(state_dir / SOCKET_NAME))
+        sock.connect(str(socket_path(state_dir)))
         sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while chunk := sock.recv(65536):

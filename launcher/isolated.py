@@ -21,10 +21,12 @@ from launcher.reaper import Reaper
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 PR_SET_PDEATHSIG = 1
 
-# Runs before the helper's module: die with the parent (checked after arming, since the
-# parent may have died first), then run the module as __main__.
+# Runs before the helper's module: leave the launcher's working directory for /, die with
+# the parent (checked after arming, since the parent may have died first), then run the
+# module as __main__.
 _BOOT = (
     "import ctypes,os,runpy,signal,sys;"
+    "os.chdir('/');"
     "p=int(sys.argv.pop(1));"
     "ctypes.CDLL(None).prctl({pdeath},signal.SIGKILL,0,0,0);"
     "os.getppid()==p or os._exit(1);"

@@ -218,6 +218,15 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def read_nofollow(path: Path) -> bytes:
+    """The file's bytes; a symlink at ``path`` is refused (``trust.open_nofollow``)."""
+    from launcher.trust import open_nofollow
+
+    fd = open_nofollow(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -286,7 +295,7 @@ class Journal:
     def load(self) -> State | None:
         """The stored state; None when there is none or it was unreadable (set aside)."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_nofollow(self.path)
         except FileNotFoundError:
             return None
         try:
@@ -296,7 +305,7 @@ class Journal:
             os.replace(self.path, aside)
             log.error("journal %s is unreadable (%s); set aside as %s", self.path, exc, aside.name)
         try:
-            state = from_dict(json.loads(self.backup.read_bytes()))
+            state = from_dict(json.loads(read_nofollow(self.backup)))
         except (OSError, *JOURNAL_ERRORS):
             return None
         log.warning("recovered the journal from %s (one step older; the files decide the rest)",
@@ -306,7 +315,7 @@ class Journal:
     def read_only(self) -> State | None:
         """The stored state without setting anything aside (for ``status``)."""
         try:
-            return from_dict(json.loads(self.path.read_bytes()))
+            return from_dict(json.loads(read_nofollow(self.path)))
         except FileNotFoundError:
             return None
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launcher import checks, container, control, faults, install, policy
+from launcher import checks, container, control, faults, install, policy, trust
 from launcher import reload as live_config
 from launcher import seed as seeding
 from launcher.child import agent_environ
@@ -90,10 +90,12 @@ class Supervisor:
         if self.res.container and (problem := container.volume_problem(self.s.state_dir)):
             raise ConfigError(problem)
         try:
-            self.s.state_dir.mkdir(parents=True, exist_ok=True)
+            self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create state directory {self.s.state_dir}: "
                               f"{exc.strerror}") from exc
+        trust.check_state_dir(self.s.state_dir, self.s.bin_dir, container=self.res.container)
+        trust.not_dumpable()
         self.lock.acquire()
         try:
             self.res.reaper.install()

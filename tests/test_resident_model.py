@@ -27,8 +27,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from launcher import install
 from launcher import settings as launcher_settings
 from launcher.supervisor import Supervisor
-from launcher.updates import TICK
 from launcher.trial import HEALTH_GRACE_S, UNHEALTHY_PROBES
+from launcher.updates import TICK
 
 WINDOW = 2.0
 CRASH_AFTER_S = 0.3

@@ -99,7 +99,7 @@ def test_a_slow_or_hostile_control_client_cannot_stall_or_crash_the_resident(
     lch.start("--seed-binary", str(script_agent(tmp_path / "a", "1.0.0", "exec sleep 100000")),
               agent_args=())
     lch.wait_state(lambda s: (s.get("child") or {}).get("state") == "running")
-    path = str(lch.state_dir / "control.sock")
+    path = str(lch.state_dir / "run" / "control.sock")
     wait_until(lambda: Path(path).exists(), 10, "control socket")
 
     with socket.socket(socket.AF_UNIX) as nested:
@@ -139,21 +139,36 @@ def test_a_slow_or_hostile_control_client_cannot_stall_or_crash_the_resident(
 
 def test_a_slow_control_client_does_not_delay_a_stop(launcher: Callable[..., Launcher],
                                                       tmp_path: Path) -> None:
+    """A client trickling its request a byte every 0.5 s for 6 s: a SIGTERM meanwhile is
+    acted on at once (the loop never waits inside one connection)."""
+    import threading
+
     lch = launcher()
     lch.start("--seed-binary", str(script_agent(tmp_path / "a", "1.0.0", "exec sleep 100000")),
               agent_args=())
     lch.wait_state(lambda s: (s.get("child") or {}).get("state") == "running")
-    path = lch.state_dir / "control.sock"
+    path = lch.state_dir / "run" / "control.sock"
     wait_until(path.exists, 10, "control socket")
-    with socket.socket(socket.AF_UNIX) as slow:
-        slow.connect(str(path))
-        slow.sendall(b"{")
-        time.sleep(0.3)
-        assert lch.proc is not None
-        sent = time.monotonic()
-        lch.proc.send_signal(signal.SIGTERM)
-        assert lch.proc.wait(10) == 0
-        assert time.monotonic() - sent < 3.0
+
+    def trickle() -> None:
+        with socket.socket(socket.AF_UNIX) as slow:
+            slow.connect(str(path))
+            for _ in range(12):
+                try:
+                    slow.sendall(b" ")
+                except OSError:
+                    return
+                time.sleep(0.5)
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    time.sleep(0.3)
+    assert lch.proc is not None
+    sent = time.monotonic()
+    lch.proc.send_signal(signal.SIGTERM)
+    assert lch.proc.wait(15) == 0
+    assert time.monotonic() - sent < 3.0
+    sender.join(10)
 
 
 def test_leftover_journal_temp_files_are_removed_at_start(
