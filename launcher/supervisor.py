@@ -34,6 +34,7 @@ from launcher.journal import (
     Trial,
     check_request,
     new_state,
+    record_check,
     utc_iso,
 )
 from launcher.lock import StateLock
@@ -130,7 +131,8 @@ class Supervisor:
                  self.s.platform)
         stored = self.journal.load()
         state = install.recover(stored or new_state(), self.s.bin_dir, self._shas)
-        self.state = self._save(dataclasses.replace(state, launcher_pid=os.getpid()))
+        self.state = self._save(dataclasses.replace(state, launcher_pid=os.getpid(), extra={
+            **state.extra, "signatures": self.s.signatures}))
         if self.state.current is not None and self.state.current.version == "unknown":
             self._learn_version()
         if self.s.seed_binary is not None:
@@ -547,7 +549,7 @@ class Supervisor:
     def _on_result(self, r: dict[str, object]) -> None:
         now_iso = utc_iso(self.wall())
         outcome = r.get("outcome")
-        st = dataclasses.replace(self.state, last_check_at=now_iso)
+        st = record_check(dataclasses.replace(self.state, last_check_at=now_iso), r, now_iso)
         if outcome == "error":
             failures = st.consecutive_failures + 1
             self.state = self._save(dataclasses.replace(
