@@ -3,6 +3,9 @@
 
     python3 packaging/release_tool.py VERSION [--binary FILE] [--release-dir DIR]
                                               [--base-url URL] [--sign-key FILE]
+                                              [--expires-in DAYS | --no-expires] [--serial N]
+    python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
+                                              FILE] [--expires-in DAYS | --no-expires]
 
 Without ``--binary`` the agent is built for VERSION (``build_agent.py``); with it, FILE
 is published as it is, whatever it holds. The order is what keeps clients safe:
@@ -18,6 +21,12 @@ is published as it is, whatever it holds. The order is what keeps clients safe:
    refuses it (verification fails closed) and takes the release on its next poll; the
    other order would cost the same one refusal, with the old manifest instead. An
    unsigned publish removes a stale ``version.json.minisig``.
+
+Every manifest carries ``product``, ``channel``, a ``serial`` that only grows (the Unix time
+of signing, above the serial it replaces; ``--serial`` to choose) and ``expires`` (30 days
+after signing unless ``--expires-in DAYS`` or ``--no-expires``); see ``freshness.py``.
+``resign`` re-issues the published manifest with a new expiry and a higher serial, without a
+new build: run it (from an offline machine holding the key) before the expiry passes.
 
 With ``--assets-dir DIR`` nothing is published: DIR receives the asset set of a GitHub
 release instead (``agent-linux-amd64``, ``agent-linux-arm64``, ``version.json``,
@@ -45,6 +54,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_agent import build_agent  # the sibling script, found via the path above
+from freshness import (
+    DEFAULT_EXPIRES_DAYS,
+    FreshnessError,
+    expires_at,
+    next_serial,
+    previous_serial,
+    stamp,
+)
 
 PLATFORMS = ("linux-amd64", "linux-arm64")
 DEFAULT_RELEASE_DIR = Path("release")
@@ -144,9 +161,15 @@ def publish(
     binary: Path | None = None,
     release_date: datetime | None = None,
     sign_key: Path | None = None,
+    *,
+    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
+    serial: int | None = None,
+    channel: str = "stable",
 ) -> dict[str, Any]:
     """Publish ``version`` into ``release_dir``; return the manifest written."""
     check_version(version)
+    now = datetime.now(UTC)
+    fresh = _freshness(Path(release_dir) / MANIFEST_NAME, now, expires_in_days, serial)
     if not base_url.startswith(("http://", "https://", "file:///")):
         raise ReleaseError(f"base URL {base_url!r} must start with http://, https:// or "
                            "file:/// (a local release directory)")
@@ -163,8 +186,8 @@ def publish(
             for platform in PLATFORMS
         }
     _fsync_dir(bin_dir.parent)
-    date = format_release_date(release_date or datetime.now(UTC))
-    manifest = build_manifest(version, base_url, date, files)
+    date = format_release_date(release_date or now)
+    manifest = stamp(build_manifest(version, base_url, date, files), channel=channel, **fresh)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
     signature = _sign(body, secret) if secret is not None else None
     _write_atomically(release_dir / MANIFEST_NAME, [body], 0o644)
@@ -191,9 +214,13 @@ def write_assets(
     binary: Path | None = None,
     release_date: datetime | None = None,
     sign_key: Path | None = None,
+    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
+    serial: int | None = None,
 ) -> dict[str, Any]:
     """Write a GitHub release's assets into ``assets_dir``; return the manifest."""
     check_version(version)
+    now = datetime.now(UTC)
+    fresh = _freshness(Path(assets_dir) / MANIFEST_NAME, now, expires_in_days, serial)
     base = github_download_base(github_repo, version) if github_repo else base_url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ReleaseError(f"base URL {base_url!r} must start with http:// or https://")
@@ -209,8 +236,8 @@ def write_assets(
                                         0o755)
             for platform in PLATFORMS
         }
-    date = format_release_date(release_date or datetime.now(UTC))
-    manifest = build_manifest(version, base, date, files)
+    date = format_release_date(release_date or now)
+    manifest = stamp(build_manifest(version, base, date, files), **fresh)
     for platform, entry in manifest["binaries"].items():
         entry["url"] = f"{base}/agent-{platform}"
     body = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -224,6 +251,34 @@ def write_assets(
     else:
         (assets_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
+
+
+def _freshness(previous: Path, now: datetime, expires_in_days: float | None,
+               serial: int | None) -> dict[str, Any]:
+    try:
+        return {"serial": next_serial(previous_serial(previous), now, serial),
+                "expires": expires_at(now, expires_in_days)}
+    except FreshnessError as exc:
+        raise ReleaseError(str(exc)) from exc
+
+
+def resign_manifest(manifest: Path, sign_key: Path, *,
+                    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
+                    serial: int | None = None) -> dict[str, Any]:
+    """Re-issue a published manifest with a new expiry and serial (see freshness.resign)."""
+    import freshness
+
+    secret = _load_sign_key(sign_key)
+
+    def write(path: Path, data: bytes) -> None:
+        _write_atomically(path, [data], 0o644)
+
+    try:
+        return freshness.resign(manifest, lambda body: _sign(body, secret), write,
+                                now=datetime.now(UTC), expires_in_days=expires_in_days,
+                                serial=serial)
+    except FreshnessError as exc:
+        raise ReleaseError(str(exc)) from exc
 
 
 def _load_sign_key(path: Path) -> Any:
@@ -246,11 +301,26 @@ def _sign(body: bytes, secret: Any) -> bytes:
     return text.encode()
 
 
+def _freshness_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--expires-in", type=float, default=DEFAULT_EXPIRES_DAYS, metavar="DAYS",
+                       help=f"the manifest expires DAYS after signing (default "
+                            f"{DEFAULT_EXPIRES_DAYS:g})")
+    group.add_argument("--no-expires", action="store_true",
+                       help="write no expiry (a frozen mirror then goes unnoticed)")
+    parser.add_argument("--serial", type=int, metavar="N",
+                        help="the manifest's serial (default: the Unix time, above the last)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["resign"]:
+        return _main_resign(argv[1:])
     parser = argparse.ArgumentParser(
         prog="release-local.sh", description="Build (or take) the agent and publish it."
     )
     parser.add_argument("version", metavar="VERSION")
+    _freshness_options(parser)
     parser.add_argument("--binary", type=Path, metavar="FILE", help="publish FILE as is")
     parser.add_argument("--release-dir", type=Path, default=DEFAULT_RELEASE_DIR, metavar="DIR")
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL")
@@ -266,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     release_dir: Path = args.release_dir
     try:
         manifest = publish(args.version, release_dir, args.base_url, binary=args.binary,
-                           sign_key=args.sign_key)
+                           sign_key=args.sign_key, serial=args.serial,
+                           expires_in_days=None if args.no_expires else args.expires_in)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)
         return 2
@@ -276,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     for platform, entry in manifest["binaries"].items():
         path = release_dir / "bin" / args.version / f"agent-{platform}"
         print(f"published {path} sha256={entry['sha256']} size={entry['size']}")
-    print(f"published {release_dir / MANIFEST_NAME} version={args.version} ({args.base_url})")
+    print(f"published {release_dir / MANIFEST_NAME} version={args.version} "
+          f"serial={manifest['serial']} expires={manifest.get('expires', 'never')} "
+          f"({args.base_url})")
     if args.sign_key is not None:
         print(f"signed {release_dir / SIGNATURE_NAME} with {args.sign_key}")
     return 0
@@ -286,7 +359,8 @@ def _main_assets(args: argparse.Namespace) -> int:
     try:
         manifest = write_assets(args.version, args.assets_dir, github_repo=args.github_repo,
                                 base_url=args.base_url, binary=args.binary,
-                                sign_key=args.sign_key)
+                                sign_key=args.sign_key, serial=args.serial,
+                                expires_in_days=None if args.no_expires else args.expires_in)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)
         return 2
@@ -295,6 +369,33 @@ def _main_assets(args: argparse.Namespace) -> int:
         return 1
     names = sorted(p.name for p in Path(args.assets_dir).iterdir() if not p.name.startswith("."))
     print(f"assets for v{manifest['version']} in {args.assets_dir}: {', '.join(names)}")
+    return 0
+
+
+def _main_resign(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="release_tool.py resign",
+        description="Re-issue the published manifest with a new expiry and a higher serial.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--release-dir", type=Path, default=DEFAULT_RELEASE_DIR, metavar="DIR")
+    where.add_argument("--manifest", type=Path, metavar="FILE",
+                       help="the version.json to re-issue (e.g. in a GitHub asset set)")
+    parser.add_argument("--sign-key", type=Path, metavar="FILE", required=True,
+                        help="unencrypted minisign secret key")
+    _freshness_options(parser)
+    args = parser.parse_args(argv)
+    manifest_path: Path = args.manifest or args.release_dir / MANIFEST_NAME
+    try:
+        manifest = resign_manifest(manifest_path, args.sign_key, serial=args.serial,
+                                   expires_in_days=None if args.no_expires else args.expires_in)
+    except ReleaseError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"re-signed {manifest_path} version={manifest['version']} serial={manifest['serial']} "
+          f"expires={manifest.get('expires', 'never')}")
     return 0
 
 
