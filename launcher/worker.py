@@ -32,7 +32,14 @@ from launcher import faults
 from launcher import trust as trusted
 from launcher.errors import InsecureError, LauncherError, SignatureError
 from launcher.redact import RedactFilter
-from launcher.sources.http import FetchResult, HttpSource, Validators, make_client
+from launcher.sources.http import (
+    METADATA_DEADLINE_S,
+    MIN_SPEED_BPS,
+    FetchResult,
+    HttpSource,
+    Validators,
+    make_client,
+)
 from launcher.sources.local import LocalSource
 
 if TYPE_CHECKING:
@@ -161,8 +168,10 @@ def _source(s: dict[str, Any], client: httpx.Client) -> HttpSource | LocalSource
         return github.from_settings(s, client)
     if urlsplit(url).scheme == "file":
         return LocalSource.from_url(url)
-    return HttpSource(url, client=client, deadline_s=float(s["metadata_deadline_s"]),
-                      min_speed_bps=float(s["min_speed_bps"]))
+    # .get: a resident started before an upgrade sends the settings it knew.
+    return HttpSource(url, client=client,
+                      deadline_s=float(s.get("metadata_deadline_s") or METADATA_DEADLINE_S),
+                      min_speed_bps=float(s.get("min_speed_bps") or MIN_SPEED_BPS))
 
 
 def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
