@@ -11,16 +11,27 @@
 
 ``resign`` re-issues an existing ``version.json`` with a new expiry and a higher serial,
 signs it and, in a GitHub asset set, updates the ``version.json`` line of ``SHA256SUMS``.
-Used by ``release_tool.py``; standard library only (signing goes through minisign_tool.py).
+Used by ``release_tool.py`` (``resign`` is its subcommand); standard library only (signing
+goes through minisign_tool.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from release_files import (
+    MANIFEST_NAME,
+    ReleaseError,
+    load_sign_key,
+    sign,
+    write_atomically,
+)
 
 PRODUCT = "nginx-manager-agent"
 DEFAULT_CHANNEL = "stable"
@@ -118,3 +129,57 @@ def resign(
         if updated != lines:
             write(sums, ("\n".join(updated) + "\n").encode())
     return stamped
+
+
+def resign_manifest(manifest: Path, sign_key: Path, *,
+                    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
+                    serial: int | None = None) -> dict[str, Any]:
+    """Re-issue a published manifest with a new expiry and serial (see :func:`resign`)."""
+    secret = load_sign_key(sign_key)
+
+    def write(path: Path, data: bytes) -> None:
+        write_atomically(path, [data], 0o644)
+
+    try:
+        return resign(manifest, lambda body: sign(body, secret), write, now=datetime.now(UTC),
+                      expires_in_days=expires_in_days, serial=serial)
+    except FreshnessError as exc:
+        raise ReleaseError(str(exc)) from exc
+
+
+def freshness_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--expires-in", type=float, default=DEFAULT_EXPIRES_DAYS, metavar="DAYS",
+                       help=f"the manifest expires DAYS after signing (default "
+                            f"{DEFAULT_EXPIRES_DAYS:g})")
+    group.add_argument("--no-expires", action="store_true",
+                       help="write no expiry (a frozen mirror then goes unnoticed)")
+    parser.add_argument("--serial", type=int, metavar="N",
+                        help="the manifest's serial (default: the Unix time, above the last)")
+
+
+def main_resign(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="release_tool.py resign",
+        description="Re-issue the published manifest with a new expiry and a higher serial.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--release-dir", type=Path, default=Path("release"), metavar="DIR")
+    where.add_argument("--manifest", type=Path, metavar="FILE",
+                       help="the version.json to re-issue (e.g. in a GitHub asset set)")
+    parser.add_argument("--sign-key", type=Path, metavar="FILE", required=True,
+                        help="unencrypted minisign secret key")
+    freshness_options(parser)
+    args = parser.parse_args(argv)
+    manifest_path: Path = args.manifest or args.release_dir / MANIFEST_NAME
+    try:
+        manifest = resign_manifest(manifest_path, args.sign_key, serial=args.serial,
+                                   expires_in_days=None if args.no_expires else args.expires_in)
+    except ReleaseError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"re-signed {manifest_path} version={manifest['version']} serial={manifest['serial']} "
+          f"expires={manifest.get('expires', 'never')}")
+    return 0

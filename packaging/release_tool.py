@@ -43,11 +43,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,19 +56,28 @@ from freshness import (
     DEFAULT_EXPIRES_DAYS,
     FreshnessError,
     expires_at,
+    freshness_options,
+    main_resign,
     next_serial,
     previous_serial,
     stamp,
+)
+from release_files import (
+    MANIFEST_NAME,
+    ReleaseError,
+    fsync_dir,
+    load_sign_key,
+    read_chunks,
+    sign,
+    write_atomically,
 )
 
 PLATFORMS = ("linux-amd64", "linux-arm64")
 DEFAULT_RELEASE_DIR = Path("release")
 DEFAULT_BASE_URL = "http://127.0.0.1:8090"
-MANIFEST_NAME = "version.json"
 SIGNATURE_NAME = MANIFEST_NAME + ".minisig"
 SUMS_NAME = "SHA256SUMS"
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
-CHUNK = 1 << 20
 
 # PEP 440 public versions in canonical form (no "v" prefix, no local part, no
 # alternative spellings): the version also names a directory and a URL path.
@@ -78,10 +85,6 @@ _CANONICAL_VERSION = re.compile(
     r"^([1-9][0-9]*!)?(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
     r"((a|b|rc)(0|[1-9][0-9]*))?(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?$"
 )
-
-
-class ReleaseError(Exception):
-    """A release that cannot be published as asked (the caller's input is at fault)."""
 
 
 def check_version(version: str) -> str:
@@ -97,42 +100,6 @@ def format_release_date(when: datetime) -> str:
     if when.tzinfo is None:
         raise ValueError("release_date must be timezone-aware")
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(target: Path, chunks: Iterable[bytes], mode: int) -> tuple[str, int]:
-    """Write ``chunks`` to ``target`` via a temporary file beside it; return sha256, size."""
-    digest = hashlib.sha256()
-    size = 0
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            for chunk in chunks:
-                fp.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return digest.hexdigest(), size
-
-
-def _read_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as fp:
-        while chunk := fp.read(CHUNK):
-            yield chunk
 
 
 def build_manifest(
@@ -175,24 +142,24 @@ def publish(
                            "file:/// (a local release directory)")
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
-    secret = _load_sign_key(sign_key) if sign_key is not None else None
+    secret = load_sign_key(sign_key) if sign_key is not None else None
     release_dir = Path(release_dir)
     bin_dir = release_dir / "bin" / version
     bin_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="release-") as scratch:
         source = build_agent(version, Path(scratch) / "agent") if binary is None else Path(binary)
         files = {
-            platform: _write_atomically(bin_dir / f"agent-{platform}", _read_chunks(source), 0o755)
+            platform: write_atomically(bin_dir / f"agent-{platform}", read_chunks(source), 0o755)
             for platform in PLATFORMS
         }
-    _fsync_dir(bin_dir.parent)
+    fsync_dir(bin_dir.parent)
     date = format_release_date(release_date or now)
     manifest = stamp(build_manifest(version, base_url, date, files), channel=channel, **fresh)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
-    signature = _sign(body, secret) if secret is not None else None
-    _write_atomically(release_dir / MANIFEST_NAME, [body], 0o644)
+    signature = sign(body, secret) if secret is not None else None
+    write_atomically(release_dir / MANIFEST_NAME, [body], 0o644)
     if signature is not None:
-        _write_atomically(release_dir / SIGNATURE_NAME, [signature], 0o644)
+        write_atomically(release_dir / SIGNATURE_NAME, [signature], 0o644)
     else:
         (release_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
@@ -226,13 +193,13 @@ def write_assets(
         raise ReleaseError(f"base URL {base_url!r} must start with http:// or https://")
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
-    secret = _load_sign_key(sign_key) if sign_key is not None else None
+    secret = load_sign_key(sign_key) if sign_key is not None else None
     assets_dir = Path(assets_dir)
     assets_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="release-") as scratch:
         source = build_agent(version, Path(scratch) / "agent") if binary is None else Path(binary)
         files = {
-            platform: _write_atomically(assets_dir / f"agent-{platform}", _read_chunks(source),
+            platform: write_atomically(assets_dir / f"agent-{platform}", read_chunks(source),
                                         0o755)
             for platform in PLATFORMS
         }
@@ -241,13 +208,13 @@ def write_assets(
     for platform, entry in manifest["binaries"].items():
         entry["url"] = f"{base}/agent-{platform}"
     body = (json.dumps(manifest, indent=2) + "\n").encode()
-    _write_atomically(assets_dir / MANIFEST_NAME, [body], 0o644)
+    write_atomically(assets_dir / MANIFEST_NAME, [body], 0o644)
     sums = {f"agent-{p}": sha for p, (sha, _) in files.items()}
     sums[MANIFEST_NAME] = hashlib.sha256(body).hexdigest()
     lines = "".join(f"{sha}  {name}\n" for name, sha in sorted(sums.items()))
-    _write_atomically(assets_dir / SUMS_NAME, [lines.encode()], 0o644)
+    write_atomically(assets_dir / SUMS_NAME, [lines.encode()], 0o644)
     if secret is not None:
-        _write_atomically(assets_dir / SIGNATURE_NAME, [_sign(body, secret)], 0o644)
+        write_atomically(assets_dir / SIGNATURE_NAME, [sign(body, secret)], 0o644)
     else:
         (assets_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
@@ -262,65 +229,15 @@ def _freshness(previous: Path, now: datetime, expires_in_days: float | None,
         raise ReleaseError(str(exc)) from exc
 
 
-def resign_manifest(manifest: Path, sign_key: Path, *,
-                    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
-                    serial: int | None = None) -> dict[str, Any]:
-    """Re-issue a published manifest with a new expiry and serial (see freshness.resign)."""
-    import freshness
-
-    secret = _load_sign_key(sign_key)
-
-    def write(path: Path, data: bytes) -> None:
-        _write_atomically(path, [data], 0o644)
-
-    try:
-        return freshness.resign(manifest, lambda body: _sign(body, secret), write,
-                                now=datetime.now(UTC), expires_in_days=expires_in_days,
-                                serial=serial)
-    except FreshnessError as exc:
-        raise ReleaseError(str(exc)) from exc
-
-
-def _load_sign_key(path: Path) -> Any:
-    try:
-        import minisign_tool  # needs cryptography: imported only when signing
-    except ImportError as exc:
-        raise ReleaseError(f"--sign-key needs the cryptography package ({exc}): run with "
-                           "PYTHON=.venv/bin/python") from exc
-    try:
-        return minisign_tool.load_secret_key(Path(path))
-    except minisign_tool.KeyFileError as exc:
-        raise ReleaseError(f"--sign-key: {exc}") from exc
-
-
-def _sign(body: bytes, secret: Any) -> bytes:
-    import minisign_tool
-
-    comment = minisign_tool.default_trusted_comment(MANIFEST_NAME)
-    text: str = minisign_tool.signature_text(body, secret, comment)
-    return text.encode()
-
-
-def _freshness_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--expires-in", type=float, default=DEFAULT_EXPIRES_DAYS, metavar="DAYS",
-                       help=f"the manifest expires DAYS after signing (default "
-                            f"{DEFAULT_EXPIRES_DAYS:g})")
-    group.add_argument("--no-expires", action="store_true",
-                       help="write no expiry (a frozen mirror then goes unnoticed)")
-    parser.add_argument("--serial", type=int, metavar="N",
-                        help="the manifest's serial (default: the Unix time, above the last)")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["resign"]:
-        return _main_resign(argv[1:])
+        return main_resign(argv[1:])
     parser = argparse.ArgumentParser(
         prog="release-local.sh", description="Build (or take) the agent and publish it."
     )
     parser.add_argument("version", metavar="VERSION")
-    _freshness_options(parser)
+    freshness_options(parser)
     parser.add_argument("--binary", type=Path, metavar="FILE", help="publish FILE as is")
     parser.add_argument("--release-dir", type=Path, default=DEFAULT_RELEASE_DIR, metavar="DIR")
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL")
@@ -369,33 +286,6 @@ def _main_assets(args: argparse.Namespace) -> int:
         return 1
     names = sorted(p.name for p in Path(args.assets_dir).iterdir() if not p.name.startswith("."))
     print(f"assets for v{manifest['version']} in {args.assets_dir}: {', '.join(names)}")
-    return 0
-
-
-def _main_resign(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="release_tool.py resign",
-        description="Re-issue the published manifest with a new expiry and a higher serial.")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--release-dir", type=Path, default=DEFAULT_RELEASE_DIR, metavar="DIR")
-    where.add_argument("--manifest", type=Path, metavar="FILE",
-                       help="the version.json to re-issue (e.g. in a GitHub asset set)")
-    parser.add_argument("--sign-key", type=Path, metavar="FILE", required=True,
-                        help="unencrypted minisign secret key")
-    _freshness_options(parser)
-    args = parser.parse_args(argv)
-    manifest_path: Path = args.manifest or args.release_dir / MANIFEST_NAME
-    try:
-        manifest = resign_manifest(manifest_path, args.sign_key, serial=args.serial,
-                                   expires_in_days=None if args.no_expires else args.expires_in)
-    except ReleaseError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"re-signed {manifest_path} version={manifest['version']} serial={manifest['serial']} "
-          f"expires={manifest.get('expires', 'never')}")
     return 0
 
 

@@ -180,13 +180,14 @@ class Launcher:
         return self.state()
 
     def health(self) -> dict[str, Any] | None:
+        import http.client
         import urllib.request
 
         try:
             with urllib.request.urlopen(self.health_url, timeout=1) as resp:
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):  # an agent stopped mid-answer
             return None
 
     def wait_healthy(self, version: str, timeout: float = 15.0) -> dict[str, Any]:

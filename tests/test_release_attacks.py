@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import freshness
 import pytest
-import release_tool
 from conftest import ROOT, Launcher
 from hostile import agent_pid, assert_untouched, quick_args, sha, sleeper, wait_committed
 from release_server import ReleaseServer, Route
@@ -155,7 +155,7 @@ def test_a_mirror_answering_304_forever_cannot_hide_an_expired_manifest(
         release_dir = tmp_path / "republish"
         release_dir.mkdir()
         (release_dir / "version.json").write_bytes(srv.routes["/version.json"].body)
-        release_tool.resign_manifest(release_dir / "version.json", key.secret)
+        freshness.resign_manifest(release_dir / "version.json", key.secret)
         fresh = json.loads((release_dir / "version.json").read_bytes())
         assert fresh["serial"] > 1 and fresh["expires"] > expires
         serve(srv, ((release_dir / "version.json").read_bytes(),
