@@ -15,9 +15,11 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
-# A URL as it appears inside a message: a scheme, then anything up to white space, a quote
-# or a bracket (which messages use to set the URL off).
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
+# A URL as it appears inside a message: a scheme, optional userinfo, an optional IPv6 literal
+# host, then anything up to white space, a quote or a bracket (which messages use to set the
+# URL off).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s'\"<>(){}\[\]/?#@]*@)?"
+                  r"(?:\[[0-9A-Fa-f:.%a-z]+\])?[^\s'\"<>(){}\[\]]*")
 
 
 def redact(text: str) -> str:
@@ -60,4 +62,13 @@ class RedactFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            # A traceback quotes exception messages (an httpx error names its URL): format it
+            # here, redacted; the handler's formatter then uses this text as it is.
+            record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
+
+
+_FORMATTER = logging.Formatter()

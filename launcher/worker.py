@@ -31,7 +31,7 @@ import httpx
 from launcher import faults
 from launcher import trust as trusted
 from launcher.errors import InsecureError, LauncherError, SignatureError
-from launcher.redact import RedactFilter
+from launcher.redact import RedactFilter, redact
 from launcher.sources.http import (
     METADATA_DEADLINE_S,
     MIN_SPEED_BPS,
@@ -247,7 +247,12 @@ def main() -> int:
     except ValueError as exc:
         print(json.dumps({"outcome": "error", "error": f"bad worker request: {exc}"}))
         return 1
-    result = run_check(request)
+    try:
+        result = run_check(request)
+    except Exception as exc:  # a bug, not a server's doing: still a result line, redacted
+        log.exception("update check crashed")
+        result = Result(outcome="error", error_kind="worker",
+                        error=f"worker: update check crashed: {redact(repr(exc))}")
     sys.stdout.write(json.dumps(asdict(result)) + "\n")
     sys.stdout.flush()
     return 1 if result.outcome == "error" else 0

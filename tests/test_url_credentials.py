@@ -32,6 +32,9 @@ def test_redact_masks_userinfo_and_every_query_value() -> None:
     assert redact(text) == ("request to https://***@h.example:8443/v.json?sig=***&x=***#*** "
                             "failed; see 'http://h/bin?token=***'")
     assert redact("no URL here: user:s3cret") == "no URL here: user:s3cret"
+    assert redact("GET https://u:s3cret@[fd00::1]:8443/v.json?token=hunter2 failed") == \
+        "GET https://***@[fd00::1]:8443/v.json?token=*** failed"
+    assert redact("(see https://h/p?token=hunter2)") == "(see https://h/p?token=***)"
     error = TransportError("cannot connect to https://u:s3cret@h/p?token=hunter2: refused")
     assert_clean(error.describe(), "describe()")
     assert_clean(str(error), "str()")
@@ -73,3 +76,29 @@ def test_secrets_in_urls_stay_out_of_state_status_and_logs(
         assert_clean(out.stdout + out.stderr, " ".join(args))
     assert check.returncode == 0, check
     assert_clean(check.stdout + check.stderr, "check --json")
+
+
+def test_a_traceback_in_a_log_line_is_redacted_too() -> None:
+    """A crash logged with its traceback quotes the exception's message, URL included."""
+    import io
+    import logging
+
+    from launcher.redact import RedactFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactFilter())
+    log = logging.getLogger("test.redact")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise RuntimeError("GET https://u:s3cret@h/v.json?token=hunter2 broke")
+        except RuntimeError:
+            log.exception("crashed at %s", "https://h/x?sig=abc123")
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "RuntimeError: GET https://***@h/v.json?token=*** broke" in text
+    assert "crashed at https://h/x?sig=***" in text
+    assert_clean(text, "a logged traceback")
