@@ -73,7 +73,7 @@ def run(idle_s: float = IDLE_S) -> list[Figure]:
         llog = (work / "launcher.log").open("wb")
         launcher = subprocess.Popen(
             [str(VENV_PY.parent / "nginx-manager-launcher"), "run", "--state-dir",
-             str(work / "state"), "--seed-binary", str(agent), "--manifest-url",
+             str(work / "state"), "--seed-binary", str(agent), "--allow-unsigned", "--manifest-url",
              srv.url("rel", "version.json"), "--allow-http", "--jitter", "0", "--",
              "run", "--health-addr", f"127.0.0.1:{lport}"],
             stdout=llog, stderr=llog, env=env)

@@ -117,7 +117,8 @@ def run(rounds: int = ROUNDS) -> list[Figure]:
     log = (work / "launcher.log").open("wb")
     launcher = subprocess.Popen(
         [str(VENV_PY.parent / "nginx-manager-launcher"), "run", "--state-dir", str(sdir),
-         "--manifest-url", f"{base}/version.json", "--allow-http", "--poll-interval", "0.5",
+         "--manifest-url", f"{base}/version.json", "--allow-http", "--allow-unsigned",
+         "--poll-interval", "0.5",
          "--jitter", "0", "--health-window", "1",
          "--health-url", f"http://127.0.0.1:{port}/healthz",
          "--", "run", "--health-addr", f"127.0.0.1:{port}"],

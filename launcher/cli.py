@@ -12,23 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from launcher import control, settings, trust
+from launcher import control, permissions, settings, status
 from launcher.errors import ConfigError, HostError, LauncherError, LockedError
 from launcher.journal import Journal, State, check_request, utc_iso
 from launcher.lock import StateLock, holder_pid
+from launcher.redact import RedactFilter
 
 log = logging.getLogger("launcher")
 
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3  # rollback: there is no other build to roll back to; nothing was changed
-DEFAULT_STATE_DIR = "/var/lib/nginx-manager"
+DEFAULT_STATE_DIR = status.DEFAULT_STATE_DIR
 
 
 class UTCFormatter(logging.Formatter):
@@ -39,6 +38,7 @@ def setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(UTCFormatter("%(asctime)sZ launcher %(levelname)s %(message)s",
                                       datefmt="%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(RedactFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -99,9 +99,9 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="one check now: what would be done (changes nothing)")
     _add_options(check)
     check.add_argument("--json", action="store_true", help="print the result as JSON")
-    status = sub.add_parser("status", help="installed, running, bad builds, last/next check")
-    _state_dir_option(status)
-    status.add_argument("--json", action="store_true", help="one JSON object")
+    show = sub.add_parser("status", help="installed, running, bad builds, last/next check")
+    _state_dir_option(show)
+    show.add_argument("--json", action="store_true", help="one JSON object")
     rb = sub.add_parser("rollback", help="put agent.old back and block the build it replaces")
     _state_dir_option(rb)
     ub = sub.add_parser("unblock", help="allow a build marked bad to be installed again")
@@ -110,15 +110,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir or os.environ.get(settings.ENV_PREFIX + "STATE_DIR")
-                or DEFAULT_STATE_DIR)
-
-
 def load_settings(args: argparse.Namespace) -> settings.Settings:
     flags = {o.key: getattr(args, o.key, None) for o in settings.OPTIONS}
-    return settings.load(flags, config_file=args.config,
-                         agent_args=tuple(getattr(args, "agent_args", ()) or ()))
+    loaded = settings.load(flags, config_file=args.config,
+                           agent_args=tuple(getattr(args, "agent_args", ()) or ()))
+    settings.require_signatures(loaded)  # run, check and every config reload
+    return loaded
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -153,103 +150,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if result.outcome == "error" else 0
 
 
-def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
-    pid = holder_pid(state_dir)
-    if state is None:
-        return {"state_dir": str(state_dir), "current_version": None, "phase": "empty",
-                "previous_version": None, "bad_versions": [], "bad": [],
-                "last_check_at": None, "last_error": None, "next_check_at": None,
-                "launcher_pid": pid, "agent": None, "host_id": None, "trial": None,
-                "cohort": None, "cohort_version": None}
-    child = state.child
-    return {
-        "state_dir": str(state_dir),
-        "current_version": state.current.version if state.current else None,
-        "current_sha256": state.current.sha256 if state.current else None,
-        "phase": state.phase,
-        "previous_version": state.previous.version if state.previous else None,
-        "bad_versions": sorted({b.version for b in state.bad}),
-        "bad": [b.__dict__ for b in state.bad],
-        "last_check_at": state.last_check_at,
-        "last_error": state.last_error,
-        "next_check_at": state.next_check_at if pid else None,
-        "consecutive_failures": state.consecutive_failures,
-        "launcher_pid": pid,
-        "agent": {"pid": child.pid, "version": child.version, "state": child.state,
-                  "since": child.since} if child and pid else None,
-        "last_agent_exit": state.extra.get("last_agent_exit"),
-        "trial": {"version": state.trial.build.version, "run_time_s": state.trial.run_time_s,
-                  "healthy_seen": state.trial.healthy_seen} if state.trial else None,
-        "host_id": state.host_id,
-        **_cohort(state),
-    }
-
-
-def _cohort(state: State) -> dict[str, Any]:
-    """This host's rollout cohort for the newest version the journal knows of."""
-    from packaging.version import InvalidVersion, Version
-
-    from launcher import policy
-
-    seen = [getattr(state, "last_seen_version", None), state.extra.get("last_seen_version"),
-            *(b.version for b in (state.current, state.previous, state.rollback_to) if b),
-            *(b.version for b in state.bad),
-            state.trial.build.version if state.trial else None,
-            state.staged.build.version if state.staged else None]
-    versions: list[tuple[Version, str]] = []
-    for text in seen:
-        if isinstance(text, str):
-            try:
-                versions.append((Version(text), text))
-            except InvalidVersion:
-                continue
-    if not versions:
-        return {"cohort": None, "cohort_version": None}
-    newest = max(versions)[1]
-    return {"cohort": policy.cohort(state.host_id, newest), "cohort_version": newest}
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    state_dir = _state_dir(args)
-    try:
-        state = Journal(state_dir).read_only()
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{state_dir}/state.json is unreadable: {exc}") from exc
-    d = status_dict(state, state_dir)
-    if args.json:
-        print(json.dumps(d, indent=2))
-        return 0
-    phase = {"committed": "committed", "trial": "on trial", "empty": "nothing installed"}.get(
-        d["phase"], d["phase"])
-    lines = [
-        f"state dir:   {state_dir}",
-        f"installed:   {d['current_version'] or '-'} ({phase})",
-        f"previous:    {d['previous_version'] or '-'}",
-    ]
-    if d["trial"]:
-        lines.append(f"trial:       {d['trial']['run_time_s']:.1f}s done")
-    agent = d["agent"]
-    if d["launcher_pid"] is None:
-        lines.append("launcher:    not running")
-    else:
-        running = (f"agent {agent['version']} {agent['state']}"
-                   + (f" (pid {agent['pid']})" if agent and agent['pid'] else "")) if agent else "-"
-        lines.append(f"launcher:    pid {d['launcher_pid']}, {running}")
-    for b in d["bad"]:
-        lines.append(f"bad build:   {b['version']} (sha256 {b['sha256'][:12]}) at {b['at']}: "
-                     f"{b['reason']}")
-    lines.append(f"last check:  {d['last_check_at'] or 'never'}"
-                 + (f", error: {d['last_error']}" if d["last_error"] else ""))
-    lines.append(f"next check:  {d['next_check_at'] or '-'}")
-    if d["host_id"]:
-        lines.append(f"host id:     {d['host_id']}")
-    if d.get("cohort") is not None:
-        lines.append(f"cohort:      {d['cohort']:.3f} for {d['cohort_version']} (a rollout "
-                     f"includes this host above {d['cohort']:.3f}%)")
-    print("\n".join(lines))
-    return 0
-
-
 def _offline(state_dir: Path) -> tuple[StateLock, Journal, State]:
     lock = StateLock(state_dir)
     lock.acquire()
@@ -266,8 +166,9 @@ def _release(lock: StateLock) -> None:
     service can still write it (a root-owned journal would pause its updates for good)."""
     lock.release()
     d = lock.state_dir
-    trust.give_back(d, [d / trust.RUN_DIR, lock.path, d / "state.json", d / "state.json.prev",
-                        d / "bin", d / "bin" / "agent", d / "bin" / "agent.old"])
+    permissions.give_back(d, [d / permissions.RUN_DIR, lock.path, d / "state.json",
+                              d / "state.json.prev", d / "bin", d / "bin" / "agent",
+                              d / "bin" / "agent.old"])
 
 
 def _ask_launcher(state_dir: Path, request: dict[str, object],
@@ -297,7 +198,7 @@ def _ask_launcher(state_dir: Path, request: dict[str, object],
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    state_dir = _state_dir(args)
+    state_dir = status.state_dir_of(args)
     code = _ask_launcher(state_dir, {"cmd": "rollback"})
     if code is not None:
         return code
@@ -325,7 +226,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:
-    state_dir = _state_dir(args)
+    state_dir = status.state_dir_of(args)
     code = _ask_launcher(state_dir, {"cmd": "unblock", "version": args.version})
     if code is not None:
         return code
@@ -339,7 +240,7 @@ def cmd_unblock(args: argparse.Namespace) -> int:
         _release(lock)
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status,
+COMMANDS = {"run": cmd_run, "check": cmd_check, "status": status.cmd_status,
             "rollback": cmd_rollback, "unblock": cmd_unblock}
 
 

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from launcher import faults, install, trust
+from launcher import faults, install, permissions
 from launcher.journal import Journal, State
 from launcher.loop import Loop
 
@@ -150,8 +150,8 @@ class ControlServer:
 
 
 def socket_path(state_dir: Path) -> Path:
-    """``run/control.sock``: in the launcher's private directory (``launcher.trust``)."""
-    return state_dir / trust.RUN_DIR / SOCKET_NAME
+    """``run/control.sock``: in the launcher's private directory (``launcher.permissions``)."""
+    return state_dir / permissions.RUN_DIR / SOCKET_NAME
 
 
 def send(state_dir: Path, request: dict[str, object], timeout_s: float = 60.0) -> dict[str, object]:

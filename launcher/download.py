@@ -15,7 +15,6 @@ read timeout after its deadline, and ``should_stop`` is noticed within one read 
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import os
@@ -30,33 +29,13 @@ import httpx
 from launcher.errors import ChecksumError, DownloadError, HostError, TransportError
 from launcher.journal import set_mode
 from launcher.sources.http import iter_raw_body, status_error, transport_error
+from launcher.sources.pace import SpeedWindow
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["TEMP_PREFIX", "SpeedWindow", "copy_local", "download"]
+
 TEMP_PREFIX = ".agent.download-"
-
-
-class SpeedWindow:
-    """Average transfer speed over the last ``window_s`` seconds, from (time, total) samples."""
-
-    def __init__(self, window_s: float, start: float) -> None:
-        self._window_s = window_s
-        self._start = start
-        self._samples: collections.deque[tuple[float, int]] = collections.deque([(start, 0)])
-
-    def record(self, now: float, total_bytes: int) -> None:
-        self._samples.append((now, total_bytes))
-        horizon = now - self._window_s
-        # Keep one sample at or before the horizon: the window's starting point.
-        while len(self._samples) > 1 and self._samples[1][0] <= horizon:
-            self._samples.popleft()
-
-    def speed(self, now: float, total_bytes: int) -> float | None:
-        """Bytes per second over the last window, or None before a full window has passed."""
-        if now - self._start < self._window_s:
-            return None
-        _, at_horizon = self._samples[0]
-        return (total_bytes - at_horizon) / self._window_s
 
 
 def download(

@@ -6,8 +6,10 @@
     ├── SourceError          the update source's: never marks a build bad
     │   ├── TransportError   server down, 5xx, 429, timeouts, resets, TLS
     │   │   └── InsecureError  plain http refused (URL or redirect hop) without --allow-http
-    │   ├── ManifestError    malformed JSON, missing fields, bad version, no platform entry
-    │   │   └── ExpiredError   the manifest's ``expires`` has passed
+    │   ├── ManifestError    malformed JSON, missing fields, bad version, no platform entry,
+    │   │   │                another product or channel
+    │   │   ├── ExpiredError   the manifest's ``expires`` has passed (a 304 included)
+    │   │   └── RollbackError  a serial below the one already accepted (a replay)
     │   ├── DownloadError    truncated, too large, too slow, past its deadline
     │   ├── ChecksumError    sha256 mismatch
     │   └── SignatureError   missing, bad or foreign signature
@@ -17,13 +19,21 @@
 Every error carries ``kind``, one short word an operator can grep for; it becomes the
 first word of ``last_error`` in ``status``. Foreign exceptions (httpx, pydantic, OSError)
 are translated into these at exactly one boundary each, with ``raise ... from exc``.
+
+The text of every error passes :func:`launcher.redact.redact`, so a credential in a URL
+(``user:password@``, a query value) never reaches ``last_error``, a result line or a log.
 """
 
 from __future__ import annotations
 
+from launcher.redact import redact
+
 
 class LauncherError(Exception):
     kind = "error"
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
     def describe(self) -> str:
         """``kind: message``, the form stored as ``last_error``."""
@@ -60,6 +70,10 @@ class ManifestError(SourceError):
 
 class ExpiredError(ManifestError):
     kind = "expired"
+
+
+class RollbackError(ManifestError):
+    kind = "rollback"
 
 
 class DownloadError(SourceError):

@@ -139,9 +139,11 @@ def new_state() -> State:
 def check_request(settings: dict[str, Any], state: State | None, *, stage: bool,
                   conditional: bool) -> dict[str, Any]:
     """What a worker needs for one check (``launcher.worker`` reads it on stdin): the
-    settings, the installed build, the bad list, the host id and, for a conditional fetch,
-    the validators of the last accepted manifest."""
+    settings, the installed build, the bad list, the host id, what is known of manifests
+    accepted before (``trust``: serial floors, the last expiry) and, for a conditional
+    fetch, the validators of the last accepted manifest."""
     return {
+        "trust": state.extra.get("trust") if state else None,
         "settings": settings,
         "current": dataclasses.asdict(state.current) if state and state.current else None,
         "bad": [[b.version, b.sha256] for b in state.bad] if state else [],
@@ -150,6 +152,32 @@ def check_request(settings: dict[str, Any], state: State | None, *, stage: bool,
         "last_modified": state.last_modified if state and conditional else None,
         "stage": stage,
     }
+
+
+def record_check(state: State, result: dict[str, Any], at: str) -> State:
+    """``state`` with what a worker's result says about trust (see ``launcher.trust``):
+    ``signatures`` (required | off) and, for an accepted manifest, ``accepted`` — kept as
+    the last accepted manifest, its serial raising its key's floor, which never goes down."""
+    extra = dict(state.extra)
+    if result.get("signatures") in ("required", "off"):
+        extra["signatures"] = result["signatures"]
+    accepted = result.get("accepted")
+    if isinstance(accepted, dict):
+        trust = dict(extra.get("trust") or {})
+        serials = {k: v for k, v in dict(trust.get("serials") or {}).items()
+                   if _is_int(v)}
+        key, serial = accepted.get("key"), accepted.get("serial")
+        if isinstance(key, str) and isinstance(serial, int) and not isinstance(serial, bool):
+            serials[key] = max(serial, serials.get(key, serial))
+        trust["serials"] = serials
+        trust["accepted"] = {**{k: accepted.get(k) for k in ("version", "serial", "expires",
+                                                             "key")}, "at": at}
+        extra["trust"] = trust
+    return dataclasses.replace(state, extra=extra) if extra != state.extra else state
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -219,8 +247,8 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def read_nofollow(path: Path) -> bytes:
-    """The file's bytes; a symlink at ``path`` is refused (``trust.open_nofollow``)."""
-    from launcher.trust import open_nofollow
+    """The file's bytes; a symlink at ``path`` is refused (``permissions.open_nofollow``)."""
+    from launcher.permissions import open_nofollow
 
     fd = open_nofollow(path, os.O_RDONLY)
     with os.fdopen(fd, "rb") as f:

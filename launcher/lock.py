@@ -1,6 +1,6 @@
 """One launcher per state directory: an ``flock`` on ``run/launcher.lock`` holding its pid.
 
-The lock lives in ``run/`` (0700, ``launcher.trust``): no other local user can open it, so
+The lock lives in ``run/`` (0700, ``launcher.permissions``): no other local user can open it, so
 none can hold it to keep the launcher from starting. It is opened without following
 symlinks.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from launcher import trust
+from launcher import permissions
 from launcher.errors import HostError, LockedError
 
 LOCK_NAME = "launcher.lock"
@@ -23,20 +23,20 @@ LOCK_NAME = "launcher.lock"
 class StateLock:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.path = state_dir / trust.RUN_DIR / LOCK_NAME
+        self.path = state_dir / permissions.RUN_DIR / LOCK_NAME
         self._fd: int | None = None
 
     def acquire(self) -> None:
         writable = True
         with contextlib.suppress(OSError):  # read-only: the lock file may still be there
-            trust.private_dir(self.state_dir)
+            permissions.private_dir(self.state_dir)
         try:
-            fd = trust.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = permissions.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             # A read-only state dir must not stop the agent: lock the existing file
             # read-only (flock works on any fd) and let the journal report the problem.
             try:
-                fd = trust.open_nofollow(self.path, os.O_RDONLY)
+                fd = permissions.open_nofollow(self.path, os.O_RDONLY)
             except OSError:
                 raise HostError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
             writable = False
@@ -73,7 +73,7 @@ def holder_pid(state_dir: Path) -> int | None:
     Read without taking the lock, so ``status`` never gets in a starting launcher's way.
     """
     try:
-        text = (state_dir / trust.RUN_DIR / LOCK_NAME).read_text().strip()
+        text = (state_dir / permissions.RUN_DIR / LOCK_NAME).read_text().strip()
     except OSError:
         return None
     if not text.isdigit():

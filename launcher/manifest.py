@@ -1,9 +1,12 @@
 """The release manifest (``version.json``): its model and its parsing.
 
-The wire format is the seed's, plus optional ``size``, ``expires`` and ``rollout``. Unknown
-fields are ignored so that newer servers do not break older launchers. pydantic and json
-errors are translated into :class:`ManifestError` here, in :func:`parse_manifest`, with one
-line that names the field at fault.
+The wire format is the seed's, plus optional ``size``, ``expires``, ``rollout`` and the
+fields that tie a signed manifest to its place in time and to this product: ``serial`` (an
+integer that only grows, below 2^63), ``channel`` (default ``stable``) and ``product``.
+Unknown fields are ignored so that newer servers do not break older launchers; a key given
+twice, at any level, is refused, so no two JSON parsers can read different releases out of
+the same signed bytes. pydantic and json errors are translated into :class:`ManifestError`
+here, in :func:`parse_manifest`, with one line that names the field at fault.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ class Manifest(_Model):
     binaries: dict[str, Binary]
     expires: AwareDatetime | None = None
     rollout: Rollout | None = None
+    serial: Annotated[int | None, Field(default=None, ge=0, lt=1 << 63, strict=True)] = None
+    channel: Annotated[str, Field(min_length=1, max_length=64)] = "stable"
+    product: Annotated[str | None, Field(default=None, min_length=1, max_length=128)] = None
 
     @field_validator("version")
     @classmethod
@@ -110,7 +116,10 @@ class Manifest(_Model):
 def parse_manifest(data: bytes) -> Manifest:
     """Parse and validate manifest bytes; every problem becomes a one-line ManifestError."""
     try:
-        document = json.loads(data, parse_constant=_refuse_constant)
+        document = json.loads(data, parse_constant=_refuse_constant,
+                              object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise ManifestError(f"manifest is refused: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise ManifestError(
             f"manifest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -140,6 +149,19 @@ def check_not_expired(manifest: Manifest, now: datetime) -> None:
             f"manifest {manifest.version} expired at {_rfc3339(manifest.expires)}"
             f" (now {_rfc3339(now)})"
         )
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(f"key {key!r} appears twice in one object")
+        document[key] = value
+    return document
 
 
 def _refuse_constant(name: str) -> NoReturn:

@@ -26,6 +26,7 @@ PLATFORMS = ("linux-amd64", "linux-arm64")
 MODES = ("auto", "standalone", "container")
 GITHUB_API_URL = "https://api.github.com"
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+SERIAL_LIMIT = 1 << 63  # a manifest serial is a signed 64-bit integer, >= 0
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Settings:
     github_api_url: str = GITHUB_API_URL
     github_prerelease: bool = False
     allow_legacy_signatures: bool = False
+    allow_unsigned: bool = False
+    channel: str = "stable"
+    min_serial: int | None = None
     state_dir: Path = Path("/var/lib/nginx-manager")
     poll_interval_s: float = 300.0
     jitter_s: float = 60.0
@@ -50,6 +54,7 @@ class Settings:
     download_deadline_s: float = 600.0
     max_binary_bytes: int = 1 << 30
     min_speed_bps: float = 8192.0
+    metadata_deadline_s: float = 60.0
     agent_args: tuple[str, ...] = ()
 
     @property
@@ -59,6 +64,11 @@ class Settings:
     @property
     def agent_path(self) -> Path:
         return self.bin_dir / "agent"
+
+    @property
+    def signatures(self) -> str:
+        """``required`` (a public key is configured) or ``off`` (``--allow-unsigned``)."""
+        return "required" if self.public_keys or not self.allow_unsigned else "off"
 
     def container(self, environ: Mapping[str, str] | None = None) -> bool:
         env = os.environ if environ is None else environ
@@ -123,6 +133,25 @@ def _int_bytes(text: str) -> int:
     return value
 
 
+def _serial(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < SERIAL_LIMIT:
+        raise ValueError(f"{text!r} must be between 0 and 2^63 - 1")
+    return value
+
+
+_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _channel(text: str) -> str:
+    if not _CHANNEL.fullmatch(text):
+        raise ValueError(f"{text!r} is not a channel name (letters, digits, '.', '_', '-')")
+    return text
+
+
 OPTIONS = (
     Option("manifest_url", "manifest_url", str,
            "URL of version.json (https://, http:// with --allow-http, or file://)"),
@@ -152,6 +181,18 @@ OPTIONS = (
     Option("public_key", "public_keys", Path,
            "minisign public key file; repeatable (TOML: a list; environment: paths "
            "separated by ':'); manifests must then be signed by one of the keys", many=True),
+    Option("allow_unsigned", "allow_unsigned", _bool,
+           "run without --public-key, taking manifests nobody signed (signatures off; for "
+           "tests and trusted networks only)"),
+    Option("channel", "channel", _channel,
+           "release channel to follow; a manifest signed for another is refused "
+           "(default stable)"),
+    Option("min_serial", "min_serial", _serial,
+           "lowest manifest serial accepted even with an empty state dir: the floor of the "
+           "release this image or package was built from"),
+    Option("metadata_deadline", "metadata_deadline_s", _positive,
+           "overall seconds allowed for each manifest, signature, API or SHA256SUMS fetch "
+           "(default 60)"),
     Option("seed_binary", "seed_binary", Path,
            "agent to install when the state directory holds none"),
     Option("stop_grace", "stop_grace_s", _positive,
@@ -161,7 +202,7 @@ OPTIONS = (
     Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
            "largest binary accepted, in bytes (default 1 GiB)"),
 )
-BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures")
+BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 
 
 def _items(raw: Any) -> list[str]:
@@ -268,6 +309,20 @@ def validate(s: Settings) -> None:
 
         for path in s.public_keys:
             load_public_key(path)  # ConfigError naming the file
+
+
+def require_signatures(s: Settings) -> None:
+    """``run`` and ``check`` take releases signed by a configured key, or are told not to.
+
+    A launcher with no update source (supervising a seed only) fetches nothing and needs
+    no key; a config reload that adds a source passes through here again.
+    """
+    if s.public_keys or s.allow_unsigned or not s.manifest_url:
+        return
+    raise ConfigError("no --public-key given: signatures are required, so the launcher needs "
+                      "the release's minisign public key (--public-key FILE, config key "
+                      "public_key, NGINX_MANAGER_PUBLIC_KEY); to take unsigned releases "
+                      "anyway, pass --allow-unsigned")
 
 
 def _scheme(url: str, flag: str) -> str:

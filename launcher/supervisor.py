@@ -21,12 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launcher import checks, container, control, faults, install, policy, trust
+from launcher import checks, container, control, faults, install, permissions, policy
 from launcher import reload as live_config
 from launcher import seed as seeding
 from launcher.child import agent_environ
 from launcher.errors import ConfigError
-from launcher.journal import Build, State, check_request, new_state
+from launcher.journal import Build, State, check_request, new_state, record_check
 from launcher.keeper import AgentKeeper, stop_survivor
 from launcher.lock import StateLock
 from launcher.reaper import decode_status, signal_name
@@ -94,8 +94,8 @@ class Supervisor:
         except OSError as exc:
             raise ConfigError(f"cannot create state directory {self.s.state_dir}: "
                               f"{exc.strerror}") from exc
-        trust.check_state_dir(self.s.state_dir, self.s.bin_dir, container=self.res.container)
-        trust.not_dumpable()
+        permissions.check_state_dir(self.s.state_dir, self.s.bin_dir, container=self.res.container)
+        permissions.not_dumpable()
         self.lock.acquire()
         try:
             self.res.reaper.install()
@@ -116,7 +116,8 @@ class Supervisor:
         res.journal.clean_temp_files()
         stored = res.journal.load()
         state = install.recover(stored or new_state(), s.bin_dir, res.shas)
-        res.save(dataclasses.replace(state, launcher_pid=res.pid))
+        res.save(dataclasses.replace(state, launcher_pid=res.pid, extra={
+            **state.extra, "signatures": s.signatures}))  # status tells what is enforced
         stop_survivor(res.state.child, s.stop_grace_s, str(s.agent_path))
         if res.state.current is not None and res.state.current.version == "unknown":
             res.save(seeding.learn_version(res.state, s.agent_path, res.run))
@@ -254,7 +255,8 @@ class Supervisor:
     def _on_result(self, r: checks.Result) -> None:
         if r.get("outcome") == "fault":  # power-loss tests, as PID 1: faults.worker_fault
             self.res.fault(str(r.get("point")))
-        self.res.save(checks.record(self.state, r, self.res.wall()))
+        self.res.save(record_check(checks.record(self.state, r, self.res.wall()), r,
+                                   self.res.now_iso()))
         if r.get("outcome") == "error":
             failures = self.state.consecutive_failures
             log.warning("check failed (%d in a row); the agent keeps running", failures)

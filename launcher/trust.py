@@ -1,108 +1,119 @@
-"""The local surface: who may touch the state dir, and the private directory inside it.
+"""What an accepted manifest may be followed by: rollback, fast-forward, freeze, wrong software.
 
-Whoever can write ``bin/`` runs code as the agent's user on every start, and whoever can
-hold ``launcher.lock`` can keep the launcher from starting. So:
+Pure decisions over values (no I/O, no clock of their own), in the spirit of python-tuf's
+``trusted_metadata_set``: the worker calls them between parsing a verified manifest and
+acting on it, and the journal keeps their memory in ``state.json`` under ``extra.trust``::
 
-- The state dir and ``bin/`` must belong to the launcher's user (or root) and be writable
-  by no one else; otherwise the launcher refuses to start and says why. In container mode
-  the state dir is the pod's own volume, whose mount point the kubelet makes (root-owned,
-  0777 with an fsGroup): only ``bin/`` and ``run/``, which the launcher makes itself, are
-  held to the rule there.
-- The lock and the control socket live in ``run/``, a directory only the launcher's user
-  can enter (0700), so no other local user can flock the lock (a start refused for good
-  under ``RestartPreventExitStatus=2``) or connect to the socket.
-- Paths are opened without following symlinks.
-- An offline command run as root gives what it wrote back to the state dir's owner, so the
-  service can still write it afterwards.
-- The resident is not dumpable: the agent, running as the same user, cannot read the
-  launcher's environment (source credentials) from ``/proc`` or attach to it.
+    {"serials":  {"<KEY ID>": 1767225600, ...},   highest serial accepted per signing key
+                                                   ("unsigned" when signatures are off)
+     "accepted": {"version", "serial", "expires", "key", "at"}}   the last manifest accepted
+
+- **Rollback.** A manifest's ``serial`` must not be below the *floor*: the highest serial
+  accepted from any key still trusted, and ``--min-serial`` (the floor the image or package
+  was built with), whichever is higher. Equal is accepted: it is the same release fetched
+  again. With signatures required, a manifest without a serial is refused once a floor
+  exists (an old release from before serials cannot be replayed past a newer one).
+- **Fast-forward.** Floors are kept per key id, and only the keys configured now count: a
+  key that signed an absurd serial stops holding the fleet back the moment it is dropped
+  from the configuration (which its compromise demands anyway). Serials are below 2^63.
+- **Freeze.** The accepted manifest's ``expires`` is checked again on every poll, also when
+  the source answers "not modified", so a mirror that answers 304 for ever cannot keep a
+  host on an expired release without it saying so.
+- **Wrong software.** ``product`` (when the manifest names one) and ``channel`` (default
+  ``stable``) must be the configured ones.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
-from pathlib import Path
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from launcher.errors import ConfigError
+from launcher.errors import ExpiredError, ManifestError, RollbackError
 
-RUN_DIR = "run"
+if TYPE_CHECKING:  # the worker imports this module before it needs pydantic
+    from launcher.manifest import Manifest
 
-
-def private_dir(state_dir: Path) -> Path:
-    """``<state_dir>/run``, made 0700 if missing; refused if it is not ours alone."""
-    path = state_dir / RUN_DIR
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    check_dir(path, "the launcher's private directory")
-    return path
+PRODUCT = "nginx-manager-agent"
+UNSIGNED = "unsigned"  # the serial bucket of manifests taken with --allow-unsigned
 
 
-def check_dir(path: Path, what: str, *, loose_ok: bool = False) -> None:
-    """Refuse ``path`` unless it is a real directory owned by us (or root) that nobody else
-    can write. ``loose_ok`` skips the owner and mode rule (a pod's own volume)."""
+def floor(trust: Mapping[str, Any] | None, key_ids: Collection[str],
+          min_serial: int | None) -> int | None:
+    """The lowest serial acceptable now, or None when nothing bounds it yet."""
+    serials = _mapping((trust or {}).get("serials"))
+    found = [value for key, value in serials.items() if key in key_ids and _is_int(value)]
+    if min_serial is not None:
+        found.append(min_serial)
+    return max(found, default=None)
+
+
+def check_serial(manifest: Manifest, floor_serial: int | None, *, required: bool) -> None:
+    """Refuse a manifest older than the floor (a replay), or without a serial past one."""
+    if manifest.serial is None:
+        if floor_serial is not None and required:
+            raise RollbackError(
+                f"manifest {manifest.version} has no serial, but this host already accepted "
+                f"serial {floor_serial} (or has it as its floor): an old release replayed?")
+        return
+    if floor_serial is not None and manifest.serial < floor_serial:
+        raise RollbackError(
+            f"manifest {manifest.version} has serial {manifest.serial}, below {floor_serial} "
+            "already accepted: an older signed release is being replayed")
+
+
+def check_identity(manifest: Manifest, *, channel: str, product: str = PRODUCT) -> None:
+    """Refuse a manifest signed for another product or another channel."""
+    if manifest.product is not None and manifest.product != product:
+        raise ManifestError(f"manifest is for product {manifest.product!r}, not {product!r}")
+    if manifest.channel != channel:
+        raise ManifestError(f"manifest {manifest.version} is for channel {manifest.channel!r}, "
+                            f"this launcher follows {channel!r} (--channel)")
+
+
+def accepted(trust: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The record of the last accepted manifest (empty when none is known)."""
+    return _mapping((trust or {}).get("accepted"))
+
+
+def check_still_fresh(trust: Mapping[str, Any] | None, now: datetime) -> None:
+    """On a "not modified" answer: the manifest accepted earlier must not have expired."""
+    record = accepted(trust)
+    expires = expiry(record)
+    if expires is not None and _aware(now) >= expires:
+        raise ExpiredError(
+            f"manifest {record.get('version')} accepted earlier expired at "
+            f"{rfc3339(expires)} (now {rfc3339(now)}) and the source still answers 'not "
+            "modified': the release is not being re-signed, or a mirror is replaying it")
+
+
+def record(manifest: Manifest, key: str) -> dict[str, Any]:
+    """What the worker reports of an accepted manifest (the resident journals it)."""
+    return {"version": manifest.version, "serial": manifest.serial, "key": key,
+            "expires": rfc3339(manifest.expires) if manifest.expires else None}
+
+
+def expiry(record_: Mapping[str, Any]) -> datetime | None:
+    text = record_.get("expires")
+    if not isinstance(text, str):
+        return None
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ConfigError(f"cannot inspect {what} {path}: {exc.strerror}") from exc
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{what} {path} is not a directory (a symlink or a file); "
-                          "give a real directory")
-    if loose_ok:
-        return
-    me = os.geteuid()
-    if me != 0 and st.st_uid not in (me, 0):  # root (an operator's command) trusts any owner
-        raise ConfigError(f"{what} {path} belongs to uid {st.st_uid}, not to the launcher's "
-                          f"user (uid {me}): another user could replace the agent; "
-                          f"chown it to uid {me}")
-    if st.st_mode & 0o022:
-        raise ConfigError(f"{what} {path} is writable by others (mode "
-                          f"{stat.S_IMODE(st.st_mode):04o}): another user could replace the "
-                          f"agent; chmod go-w {path}")
+        return _aware(datetime.fromisoformat(text))
+    except ValueError:
+        return None
 
 
-def check_state_dir(state_dir: Path, bin_dir: Path, *, container: bool) -> None:
-    check_dir(state_dir, "state dir", loose_ok=container)
-    check_dir(bin_dir, "bin/")
+def rfc3339(moment: datetime) -> str:
+    return _aware(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` that refuses a symlink at ``path`` (ELOOP becomes a clear error)."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP
-            raise ConfigError(f"{path} is a symlink; the launcher does not follow symlinks "
-                              "in its state dir") from exc
-        raise
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-PR_SET_DUMPABLE = 4
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
-def not_dumpable() -> bool:
-    """No core dumps, no ptrace, and ``/proc/<pid>/environ`` owned by root. True if set."""
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-def give_back(state_dir: Path, paths: list[Path]) -> None:
-    """Run as root on a state dir that belongs to another user: hand what we wrote back."""
-    if os.geteuid() != 0:
-        return
-    try:
-        owner = os.stat(state_dir)
-    except OSError:
-        return
-    if owner.st_uid == 0:
-        return
-    for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.chown(p, owner.st_uid, owner.st_gid, follow_symlinks=False)
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

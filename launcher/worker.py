@@ -7,6 +7,12 @@ beside ``bin/agent``, verifies it and runs the preflight. It never touches
 ``bin/agent`` or the journal: the swap and every decision about the child stay in the
 resident. Exit status 0 when the source answered and the manifest was accepted, 1 on
 an error (the result line then names it).
+
+Trust (``launcher.trust``): the request carries what the journal keeps of earlier accepted
+manifests (``trust``); the result carries what the resident must journal of this one
+(``accepted``: version, serial, expires, signing key) and the mode it ran in
+(``signatures``: ``required`` or ``off``). Without a public key the worker refuses to run
+unless ``allow_unsigned`` is set, whatever started it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,21 @@ from urllib.parse import urlsplit
 import httpx
 
 from launcher import faults
-from launcher.errors import InsecureError, LauncherError
-from launcher.sources.http import FetchResult, HttpSource, Validators, make_client
+from launcher import trust as trusted
+from launcher.errors import InsecureError, LauncherError, SignatureError
+from launcher.redact import RedactFilter, redact
+from launcher.sources.http import (
+    METADATA_DEADLINE_S,
+    MIN_SPEED_BPS,
+    FetchResult,
+    HttpSource,
+    Validators,
+    make_client,
+)
 from launcher.sources.local import LocalSource
 
 if TYPE_CHECKING:
+    from launcher.manifest import Binary
     from launcher.sources.base import Source
     from launcher.sources.github import GitHubSource
 
@@ -51,6 +67,8 @@ class Result:
     etag: str | None = None
     last_modified: str | None = None
     cohort: float | None = None  # this host's place in [0, 100) for ``version``'s rollout
+    signatures: str | None = None  # required | off: what this check enforced
+    accepted: dict[str, Any] | None = None  # the manifest accepted (see launcher.trust)
 
 
 def run_check(
@@ -61,68 +79,74 @@ def run_check(
 ) -> Result:
     """Fetch, decide and (if ``request['stage']``) stage; never raises a LauncherError."""
     s = request["settings"]
+    signatures = "required" if s.get("public_keys") or not s.get("allow_unsigned") else "off"
     own_client = client is None
     try:
+        if signatures == "required" and not s.get("public_keys"):
+            raise SignatureError("no public key configured: signatures are required (give "
+                                 "--public-key, or --allow-unsigned to take unsigned releases)")
         if own_client:
             client = make_client(
                 ca_file=s.get("ca_file"), allow_http=bool(s.get("allow_http")),
             )
         assert client is not None
-        return _check(request, s, client, now)
+        result = _check(request, s, client, now)
     except LauncherError as exc:
         log.error("check failed: %s", exc.describe())
-        return Result(
+        result = Result(
             outcome="error", error=exc.describe(), error_kind=exc.kind,
             retry_after_s=getattr(exc, "retry_after_s", None),
         )
     finally:
         if own_client and client is not None:
             client.close()
+    result.signatures = signatures
+    return result
 
 
 def _check(
     request: dict[str, Any], s: dict[str, Any], client: httpx.Client,
     now: Callable[[], Any] | None,
 ) -> Result:
-    url = s["manifest_url"]
+    trust = request.get("trust")
     validators = Validators(etag=request.get("etag"), last_modified=request.get("last_modified"))
-    source: HttpSource | LocalSource | GitHubSource
-    if s.get("github_repo"):
-        from launcher.sources import github
-
-        source = github.from_settings(s, client)
-    elif urlsplit(url).scheme == "file":
-        source = LocalSource.from_url(url)
-    else:
-        source = HttpSource(url, client=client)
+    if validators and not trusted.accepted(trust):
+        # Validators with no record of what they validate (a journal from before trust was
+        # kept): a 304 could not be checked for expiry, so fetch in full.
+        validators = Validators()
+    source = _source(s, client)
     fetched: FetchResult = source.fetch(validators)
+    moment = now() if now else _utcnow()
     if fetched.not_modified or fetched.body is None:
+        trusted.check_still_fresh(trust, moment)
         log.info("manifest not modified")
         return Result(outcome="not_modified", etag=validators.etag,
                       last_modified=validators.last_modified)
-    from launcher import download, policy, preflight
+    from launcher import policy
     from launcher.manifest import check_not_expired, parse_manifest
 
-    _verify_signature(source, fetched.body, s)
+    key_ids = _verify_signature(source, fetched.body, s)
     manifest = parse_manifest(fetched.body)
-    check_not_expired(manifest, now() if now else _utcnow())
+    check_not_expired(manifest, moment)
+    trusted.check_identity(manifest, channel=str(s.get("channel") or "stable"))
+    floor = trusted.floor(trust, key_ids.trusted, s.get("min_serial"))
+    trusted.check_serial(manifest, floor, required=key_ids.signer != trusted.UNSIGNED)
     binary = manifest.binary_for(s["platform"])
     current = request.get("current")
-    bad = [tuple(b) for b in request.get("bad", [])]
-    percent = manifest.rollout.percent if manifest.rollout else None
     cohort = policy.cohort(request["host_id"], manifest.version)
     decision = policy.decide(
         candidate=manifest.version,
         current=current["version"] if current else None,
-        bad=bad,
+        bad=[tuple(b) for b in request.get("bad", [])],
         candidate_sha256=binary.sha256,
         cohort=cohort,
-        rollout_percent=percent,
+        rollout_percent=manifest.rollout.percent if manifest.rollout else None,
     )
     result = Result(
         outcome=decision.action, version=manifest.version, sha256=binary.sha256,
         reason=decision.reason, etag=fetched.validators.etag,
         last_modified=fetched.validators.last_modified, cohort=cohort,
+        accepted=trusted.record(manifest, key_ids.signer),
     )
     if decision.action == "none":
         log.info("no update: %s", decision.reason)
@@ -130,8 +154,31 @@ def _check(
     if not request.get("stage"):
         log.info("update available: %s (%s)", manifest.version, decision.reason)
         return result
-
     log.info("Update found: %s. Synchronizing...", manifest.version)
+    result.file = _stage(source, client, s, manifest.version, binary)
+    result.outcome = "staged"
+    return result
+
+
+def _source(s: dict[str, Any], client: httpx.Client) -> HttpSource | LocalSource | GitHubSource:
+    url = s["manifest_url"]
+    if s.get("github_repo"):
+        from launcher.sources import github
+
+        return github.from_settings(s, client)
+    if urlsplit(url).scheme == "file":
+        return LocalSource.from_url(url)
+    # .get: a resident started before an upgrade sends the settings it knew.
+    return HttpSource(url, client=client,
+                      deadline_s=float(s.get("metadata_deadline_s") or METADATA_DEADLINE_S),
+                      min_speed_bps=float(s.get("min_speed_bps") or MIN_SPEED_BPS))
+
+
+def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
+           binary: Binary) -> str:
+    """Download (or copy) ``binary`` beside ``bin/agent``, verified; the temp file's name."""
+    from launcher import download, preflight
+
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     # Plain http is refused by the client itself, on this URL and every redirect hop.
@@ -151,21 +198,25 @@ def _check(
         )
     faults.worker_fault("downloaded")
     try:
-        preflight.preflight(staged, manifest.version)
+        preflight.preflight(staged, version)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
-    log.info("staged %s (sha256 %s) as %s", manifest.version, binary.sha256[:12], staged.name)
-    result.outcome = "staged"
-    result.file = staged.name
-    return result
+    log.info("staged %s (sha256 %s) as %s", version, binary.sha256[:12], staged.name)
+    return staged.name
 
 
-def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class _Keys:
+    signer: str  # the key id that signed the manifest, or trust.UNSIGNED
+    trusted: tuple[str, ...]  # the key ids whose serial floors count
+
+
+def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> _Keys:
     """With public keys configured, the manifest's bytes must carry a valid signature."""
     paths = s.get("public_keys") or ()
     if not paths:
-        return
+        return _Keys(trusted.UNSIGNED, (trusted.UNSIGNED,))
     from launcher import signature
 
     keys = [signature.load_public_key(Path(p)) for p in paths]
@@ -174,6 +225,7 @@ def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> None:
                                     allow_legacy=bool(s.get("allow_legacy_signatures")))
     log.info("manifest signature verified with key %s (trusted comment: %s)", key.id_hex,
              comment)
+    return _Keys(key.id_hex, tuple(k.id_hex for k in keys))
 
 
 def _utcnow() -> Any:
@@ -188,12 +240,19 @@ def main() -> int:
         format="%(asctime)s launcher[worker] %(levelname)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter())
     try:
         request = json.loads(sys.stdin.read())
     except ValueError as exc:
         print(json.dumps({"outcome": "error", "error": f"bad worker request: {exc}"}))
         return 1
-    result = run_check(request)
+    try:
+        result = run_check(request)
+    except Exception as exc:  # a bug, not a server's doing: still a result line, redacted
+        log.exception("update check crashed")
+        result = Result(outcome="error", error_kind="worker",
+                        error=f"worker: update check crashed: {redact(repr(exc))}")
     sys.stdout.write(json.dumps(asdict(result)) + "\n")
     sys.stdout.flush()
     return 1 if result.outcome == "error" else 0

@@ -3,6 +3,9 @@
 
     python3 packaging/release_tool.py VERSION [--binary FILE] [--release-dir DIR]
                                               [--base-url URL] [--sign-key FILE]
+                                              [--expires-in DAYS | --no-expires] [--serial N]
+    python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
+                                              FILE] [--expires-in DAYS | --no-expires]
 
 Without ``--binary`` the agent is built for VERSION (``build_agent.py``); with it, FILE
 is published as it is, whatever it holds. The order is what keeps clients safe:
@@ -19,6 +22,12 @@ is published as it is, whatever it holds. The order is what keeps clients safe:
    other order would cost the same one refusal, with the old manifest instead. An
    unsigned publish removes a stale ``version.json.minisig``.
 
+Every manifest carries ``product``, ``channel``, a ``serial`` that only grows (the Unix time
+of signing, above the serial it replaces; ``--serial`` to choose) and ``expires`` (30 days
+after signing unless ``--expires-in DAYS`` or ``--no-expires``); see ``freshness.py``.
+``resign`` re-issues the published manifest with a new expiry and a higher serial, without a
+new build: run it (from an offline machine holding the key) before the expiry passes.
+
 With ``--assets-dir DIR`` nothing is published: DIR receives the asset set of a GitHub
 release instead (``agent-linux-amd64``, ``agent-linux-arm64``, ``version.json``,
 ``SHA256SUMS`` and, with ``--sign-key``, ``version.json.minisig``), its URLs pointing at
@@ -34,26 +43,41 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_agent import build_agent  # the sibling script, found via the path above
+from freshness import (
+    DEFAULT_EXPIRES_DAYS,
+    FreshnessError,
+    expires_at,
+    freshness_options,
+    main_resign,
+    next_serial,
+    previous_serial,
+    stamp,
+)
+from release_files import (
+    MANIFEST_NAME,
+    ReleaseError,
+    fsync_dir,
+    load_sign_key,
+    read_chunks,
+    sign,
+    write_atomically,
+)
 
 PLATFORMS = ("linux-amd64", "linux-arm64")
 DEFAULT_RELEASE_DIR = Path("release")
 DEFAULT_BASE_URL = "http://127.0.0.1:8090"
-MANIFEST_NAME = "version.json"
 SIGNATURE_NAME = MANIFEST_NAME + ".minisig"
 SUMS_NAME = "SHA256SUMS"
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
-CHUNK = 1 << 20
 
 # PEP 440 public versions in canonical form (no "v" prefix, no local part, no
 # alternative spellings): the version also names a directory and a URL path.
@@ -61,10 +85,6 @@ _CANONICAL_VERSION = re.compile(
     r"^([1-9][0-9]*!)?(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
     r"((a|b|rc)(0|[1-9][0-9]*))?(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?$"
 )
-
-
-class ReleaseError(Exception):
-    """A release that cannot be published as asked (the caller's input is at fault)."""
 
 
 def check_version(version: str) -> str:
@@ -80,42 +100,6 @@ def format_release_date(when: datetime) -> str:
     if when.tzinfo is None:
         raise ValueError("release_date must be timezone-aware")
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(target: Path, chunks: Iterable[bytes], mode: int) -> tuple[str, int]:
-    """Write ``chunks`` to ``target`` via a temporary file beside it; return sha256, size."""
-    digest = hashlib.sha256()
-    size = 0
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            for chunk in chunks:
-                fp.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return digest.hexdigest(), size
-
-
-def _read_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as fp:
-        while chunk := fp.read(CHUNK):
-            yield chunk
 
 
 def build_manifest(
@@ -144,32 +128,38 @@ def publish(
     binary: Path | None = None,
     release_date: datetime | None = None,
     sign_key: Path | None = None,
+    *,
+    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
+    serial: int | None = None,
+    channel: str = "stable",
 ) -> dict[str, Any]:
     """Publish ``version`` into ``release_dir``; return the manifest written."""
     check_version(version)
+    now = datetime.now(UTC)
+    fresh = _freshness(Path(release_dir) / MANIFEST_NAME, now, expires_in_days, serial)
     if not base_url.startswith(("http://", "https://", "file:///")):
         raise ReleaseError(f"base URL {base_url!r} must start with http://, https:// or "
                            "file:/// (a local release directory)")
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
-    secret = _load_sign_key(sign_key) if sign_key is not None else None
+    secret = load_sign_key(sign_key) if sign_key is not None else None
     release_dir = Path(release_dir)
     bin_dir = release_dir / "bin" / version
     bin_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="release-") as scratch:
         source = build_agent(version, Path(scratch) / "agent") if binary is None else Path(binary)
         files = {
-            platform: _write_atomically(bin_dir / f"agent-{platform}", _read_chunks(source), 0o755)
+            platform: write_atomically(bin_dir / f"agent-{platform}", read_chunks(source), 0o755)
             for platform in PLATFORMS
         }
-    _fsync_dir(bin_dir.parent)
-    date = format_release_date(release_date or datetime.now(UTC))
-    manifest = build_manifest(version, base_url, date, files)
+    fsync_dir(bin_dir.parent)
+    date = format_release_date(release_date or now)
+    manifest = stamp(build_manifest(version, base_url, date, files), channel=channel, **fresh)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
-    signature = _sign(body, secret) if secret is not None else None
-    _write_atomically(release_dir / MANIFEST_NAME, [body], 0o644)
+    signature = sign(body, secret) if secret is not None else None
+    write_atomically(release_dir / MANIFEST_NAME, [body], 0o644)
     if signature is not None:
-        _write_atomically(release_dir / SIGNATURE_NAME, [signature], 0o644)
+        write_atomically(release_dir / SIGNATURE_NAME, [signature], 0o644)
     else:
         (release_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
@@ -191,66 +181,63 @@ def write_assets(
     binary: Path | None = None,
     release_date: datetime | None = None,
     sign_key: Path | None = None,
+    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
+    serial: int | None = None,
 ) -> dict[str, Any]:
     """Write a GitHub release's assets into ``assets_dir``; return the manifest."""
     check_version(version)
+    now = datetime.now(UTC)
+    fresh = _freshness(Path(assets_dir) / MANIFEST_NAME, now, expires_in_days, serial)
     base = github_download_base(github_repo, version) if github_repo else base_url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ReleaseError(f"base URL {base_url!r} must start with http:// or https://")
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
-    secret = _load_sign_key(sign_key) if sign_key is not None else None
+    secret = load_sign_key(sign_key) if sign_key is not None else None
     assets_dir = Path(assets_dir)
     assets_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="release-") as scratch:
         source = build_agent(version, Path(scratch) / "agent") if binary is None else Path(binary)
         files = {
-            platform: _write_atomically(assets_dir / f"agent-{platform}", _read_chunks(source),
+            platform: write_atomically(assets_dir / f"agent-{platform}", read_chunks(source),
                                         0o755)
             for platform in PLATFORMS
         }
-    date = format_release_date(release_date or datetime.now(UTC))
-    manifest = build_manifest(version, base, date, files)
+    date = format_release_date(release_date or now)
+    manifest = stamp(build_manifest(version, base, date, files), **fresh)
     for platform, entry in manifest["binaries"].items():
         entry["url"] = f"{base}/agent-{platform}"
     body = (json.dumps(manifest, indent=2) + "\n").encode()
-    _write_atomically(assets_dir / MANIFEST_NAME, [body], 0o644)
+    write_atomically(assets_dir / MANIFEST_NAME, [body], 0o644)
     sums = {f"agent-{p}": sha for p, (sha, _) in files.items()}
     sums[MANIFEST_NAME] = hashlib.sha256(body).hexdigest()
     lines = "".join(f"{sha}  {name}\n" for name, sha in sorted(sums.items()))
-    _write_atomically(assets_dir / SUMS_NAME, [lines.encode()], 0o644)
+    write_atomically(assets_dir / SUMS_NAME, [lines.encode()], 0o644)
     if secret is not None:
-        _write_atomically(assets_dir / SIGNATURE_NAME, [_sign(body, secret)], 0o644)
+        write_atomically(assets_dir / SIGNATURE_NAME, [sign(body, secret)], 0o644)
     else:
         (assets_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
 
 
-def _load_sign_key(path: Path) -> Any:
+def _freshness(previous: Path, now: datetime, expires_in_days: float | None,
+               serial: int | None) -> dict[str, Any]:
     try:
-        import minisign_tool  # needs cryptography: imported only when signing
-    except ImportError as exc:
-        raise ReleaseError(f"--sign-key needs the cryptography package ({exc}): run with "
-                           "PYTHON=.venv/bin/python") from exc
-    try:
-        return minisign_tool.load_secret_key(Path(path))
-    except minisign_tool.KeyFileError as exc:
-        raise ReleaseError(f"--sign-key: {exc}") from exc
-
-
-def _sign(body: bytes, secret: Any) -> bytes:
-    import minisign_tool
-
-    comment = minisign_tool.default_trusted_comment(MANIFEST_NAME)
-    text: str = minisign_tool.signature_text(body, secret, comment)
-    return text.encode()
+        return {"serial": next_serial(previous_serial(previous), now, serial),
+                "expires": expires_at(now, expires_in_days)}
+    except FreshnessError as exc:
+        raise ReleaseError(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["resign"]:
+        return main_resign(argv[1:])
     parser = argparse.ArgumentParser(
         prog="release-local.sh", description="Build (or take) the agent and publish it."
     )
     parser.add_argument("version", metavar="VERSION")
+    freshness_options(parser)
     parser.add_argument("--binary", type=Path, metavar="FILE", help="publish FILE as is")
     parser.add_argument("--release-dir", type=Path, default=DEFAULT_RELEASE_DIR, metavar="DIR")
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL")
@@ -266,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     release_dir: Path = args.release_dir
     try:
         manifest = publish(args.version, release_dir, args.base_url, binary=args.binary,
-                           sign_key=args.sign_key)
+                           sign_key=args.sign_key, serial=args.serial,
+                           expires_in_days=None if args.no_expires else args.expires_in)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)
         return 2
@@ -276,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     for platform, entry in manifest["binaries"].items():
         path = release_dir / "bin" / args.version / f"agent-{platform}"
         print(f"published {path} sha256={entry['sha256']} size={entry['size']}")
-    print(f"published {release_dir / MANIFEST_NAME} version={args.version} ({args.base_url})")
+    print(f"published {release_dir / MANIFEST_NAME} version={args.version} "
+          f"serial={manifest['serial']} expires={manifest.get('expires', 'never')} "
+          f"({args.base_url})")
     if args.sign_key is not None:
         print(f"signed {release_dir / SIGNATURE_NAME} with {args.sign_key}")
     return 0
@@ -286,7 +276,8 @@ def _main_assets(args: argparse.Namespace) -> int:
     try:
         manifest = write_assets(args.version, args.assets_dir, github_repo=args.github_repo,
                                 base_url=args.base_url, binary=args.binary,
-                                sign_key=args.sign_key)
+                                sign_key=args.sign_key, serial=args.serial,
+                                expires_in_days=None if args.no_expires else args.expires_in)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)
         return 2

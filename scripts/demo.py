@@ -76,13 +76,20 @@ def main() -> int:
                 return line
         return ""
 
+    secret_key, public_key = work / "release.key", work / "release.pub"
+
     def release_version(version: str, *extra: str) -> None:
         subprocess.run([str(SCRIPTS / "release-local.sh"), version, "--release-dir",
-                        str(release), "--base-url", base, *extra], check=True)
+                        str(release), "--base-url", base, "--sign-key", str(secret_key),
+                        *extra], check=True)
 
     try:
         say(f"working in {work}")
-        say("publish 0.1.0 (built from source with its version baked in)")
+        say("make a release signing key (minisign format); the launcher trusts its public half")
+        subprocess.run([sys.executable, str(REPO / "packaging" / "minisign_tool.py"), "keygen",
+                        "--secret-key", str(secret_key), "--public-key", str(public_key)],
+                       check=True)
+        say("publish 0.1.0 (built from source with its version baked in), signed")
         release_version("0.1.0")
 
         say(f"start the update server on {base}")
@@ -91,18 +98,23 @@ def main() -> int:
                                            str(release), "--port", str(server_port)],
                                           stdout=out, stderr=out))
         wait("the update server", lambda: health(f"{base}/version.json"))
+        first_manifest = ((release / "version.json").read_bytes(),
+                          (release / "version.json.minisig").read_bytes())
 
         say("start the launcher on an empty state dir: it installs 0.1.0 and runs it")
         with launcher_log.open("ab") as out:
             procs.append(subprocess.Popen(
                 ["nginx-manager-launcher", "run", "--state-dir", str(state),
                  "--manifest-url", f"{base}/version.json", "--allow-http",
+                 "--public-key", str(public_key),
                  "--poll-interval", "2", "--jitter", "0", "--health-window", "4",
                  "--health-url", healthz, "--stop-grace", "5",
                  "--", "run", "--health-addr", f"127.0.0.1:{agent_port}"],
                 stdout=out, stderr=out))
         wait("agent 0.1.0", lambda: (health(healthz) or {}).get("version") == "0.1.0")
         print(f"GET {healthz} -> {health(healthz)}")
+
+        print(line_with("manifest signature verified"))
 
         say("publish 0.1.1: the launcher finds it, swaps it in and restarts the agent")
         release_version("0.1.1")
@@ -112,6 +124,16 @@ def main() -> int:
         print(f"GET {healthz} -> {health(healthz)}")
         wait("the commit of 0.1.1", lambda: log_has(r"update to 0\.1\.1 committed"))
         print(line_with("update to 0.1.1 committed"))
+
+        say("replay the signed 0.1.0 manifest: its older serial is refused, nothing changes")
+        replay = (release / "version.json").read_bytes(), (release / "version.json.minisig"
+                                                             ).read_bytes()
+        (release / "version.json").write_bytes(first_manifest[0])
+        (release / "version.json.minisig").write_bytes(first_manifest[1])
+        wait("the replay refusal", lambda: log_has(r"rollback: manifest 0\.1\.0 has serial"))
+        print(line_with("rollback: manifest 0.1.0 has serial"))
+        (release / "version.json").write_bytes(replay[0])
+        (release / "version.json.minisig").write_bytes(replay[1])
 
         say("publish 0.1.2, a build that crashes on start: the launcher rolls back")
         crasher = work / "agent-0.1.2-crashes"

@@ -223,7 +223,7 @@ class Launcher:
             with urllib.request.urlopen(self.health_url, timeout=1) as resp:
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
-        except (OSError, ValueError, http.client.HTTPException):  # e.g. an agent stopping
+        except (OSError, ValueError, http.client.HTTPException):  # an agent stopped mid-answer
             return None
 
     def wait_healthy(self, version: str, timeout: float = 15.0) -> dict[str, Any]:
@@ -278,8 +278,10 @@ def launcher(tmp_path: Path) -> Iterator[Callable[..., Launcher]]:
         lch.cleanup()
 
 
-def fast_args(server: UpdateServer, launcher: Launcher, **over: str) -> list[str]:
-    """Launcher flags for tests: short intervals, no jitter, the agent's health URL."""
+def fast_args(server: UpdateServer, launcher: Launcher, *public_keys: Path,
+              **over: str) -> list[str]:
+    """Launcher flags for tests: short intervals, no jitter, the agent's health URL; signed
+    with ``public_keys``, else explicitly unsigned (``--allow-unsigned``)."""
     opts = {
         "--manifest-url": server.manifest_url,
         "--poll-interval": "0.3",
@@ -289,11 +291,18 @@ def fast_args(server: UpdateServer, launcher: Launcher, **over: str) -> list[str
         "--health-url": launcher.health_url,
         **over,
     }
-    args = ["--allow-http"]
+    args = ["--allow-http", *signing_args(*public_keys)]
     for k, v in opts.items():
         if v:
             args += [k, v]
     return args
+
+
+def signing_args(*public_keys: Path) -> list[str]:
+    """``--public-key`` for each key, or ``--allow-unsigned`` when there is none."""
+    if not public_keys:
+        return ["--allow-unsigned"]
+    return [arg for key in public_keys for arg in ("--public-key", str(key))]
 
 
 @pytest.fixture(scope="session")
@@ -313,11 +322,11 @@ def ca_file(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def https_args(launcher: Launcher, *source: str, ca_file: Path | None = None,
-               **over: str) -> list[str]:
+               public_keys: tuple[Path, ...] = (), **over: str) -> list[str]:
     """Launcher flags for https tests: like :func:`fast_args`, but without ``--allow-http``."""
     opts = {"--poll-interval": "0.3", "--jitter": "0", "--health-window": "1.5",
             "--stop-grace": "3", "--health-url": launcher.health_url, **over}
-    args = list(source)
+    args = [*source, *signing_args(*public_keys)]
     if ca_file is not None:
         args += ["--ca-file", str(ca_file)]
     for k, v in opts.items():

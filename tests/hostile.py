@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from conftest import Launcher, script_agent
+from conftest import Launcher, script_agent, signing_args
 
 SLEEPER = "exec sleep 100000"
 
@@ -49,8 +49,9 @@ def manifest_for(version: str, url: str, binary: Path | bytes,
                        "binaries": {"linux-amd64": entry, "linux-arm64": entry}}).encode()
 
 
-def quick_args(manifest_url: str, seed: Path, **over: str) -> list[str]:
-    """Short windows, no jitter, no health URL (script agents do not serve one)."""
+def quick_args(manifest_url: str, seed: Path, *public_keys: Path, **over: str) -> list[str]:
+    """Short windows, no jitter, no health URL (script agents do not serve one); signed with
+    ``public_keys``, else explicitly unsigned."""
     opts = {
         "--manifest-url": manifest_url,
         "--poll-interval": "0.2",
@@ -62,7 +63,7 @@ def quick_args(manifest_url: str, seed: Path, **over: str) -> list[str]:
         "--seed-binary": str(seed),
         **over,
     }
-    args = ["--allow-http"]
+    args = ["--allow-http", *signing_args(*public_keys)]
     for k, v in opts.items():
         if v:
             args += [k, v]

@@ -124,7 +124,7 @@ def test_manifest_documents_raise_only_manifest_error(doc: Any, utf16: bool) -> 
 def _request(tmp: Path) -> dict[str, Any]:
     s = launcher_settings.Settings(
         manifest_url="https://updates.test/version.json", state_dir=tmp,
-        platform="linux-amd64", download_deadline_s=2.0)
+        platform="linux-amd64", download_deadline_s=2.0, allow_unsigned=True)
     return {"settings": s.for_worker(), "current": {"version": "0.1.0", "sha256": "b" * 64},
             "bad": [["0.1.2", "c" * 64]], "host_id": "h", "etag": None,
             "last_modified": None, "stage": True}

@@ -201,10 +201,11 @@ def api_args(gh: FakeGitHub) -> tuple[str, ...]:
 
 
 def start(launcher: Callable[..., Launcher], seed: Path, source: tuple[str, ...],
-          ca_file: Path, env: dict[str, str] | None = None, **over: str) -> Launcher:
+          ca_file: Path, env: dict[str, str] | None = None,
+          public_keys: tuple[Path, ...] = (), **over: str) -> Launcher:
     lch = launcher()
-    lch.start(*https_args(lch, *source, ca_file=ca_file, **over), "--seed-binary", str(seed),
-              env=env)
+    lch.start(*https_args(lch, *source, ca_file=ca_file, public_keys=public_keys, **over),
+              "--seed-binary", str(seed), env=env)
     lch.wait_healthy("0.1.0")
     return lch
 
@@ -291,7 +292,7 @@ def test_check_in_api_mode(gh: FakeGitHub, ca_file: Path, tmp_path: Path) -> Non
     """``check --github-repo``: what would be installed, or the missing asset named."""
     gh.add_release("v0.1.1", {"agent-linux-arm64": b"x", "SHA256SUMS": b""})
     args = ("check", *api_args(gh), "--ca-file", str(ca_file), "--platform", PLATFORM,
-            "--state-dir", str(tmp_path / "s"))
+            "--state-dir", str(tmp_path / "s"), "--allow-unsigned")
     out = run_cli(*args)
     assert out.returncode == 1
     assert "has no asset named agent-linux-amd64" in out.stdout
@@ -338,8 +339,7 @@ def test_signed_release_through_the_api(gh: FakeGitHub, ca_file: Path,
         release_tool.write_assets(version, out, binary=build(version), sign_key=sign_key,
                                   base_url=gh.web.url(f"/{gh.repo}/releases/download/v{version}"))
     gh.add_release("v0.1.1", {p.name: p.read_bytes() for p in sorted(unsigned.iterdir())})
-    lch = start(launcher, build("0.1.0"), api_args(gh), ca_file,
-                **{"--public-key": str(key.public)})
+    lch = start(launcher, build("0.1.0"), api_args(gh), ca_file, public_keys=(key.public,))
     st = lch.wait_state(lambda s: (s.get("last_error") or "").startswith("signature:")
                         and s.get("consecutive_failures", 0) >= 2, what="signature errors")
     assert "version.json.minisig" in st["last_error"]

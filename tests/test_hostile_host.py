@@ -196,6 +196,7 @@ from launcher.supervisor import Supervisor
 offsets = itertools.cycle([0.0, 10 * 365 * 86400.0, -10 * 365 * 86400.0, 3600.0])
 setup_logging()
 s = settings.load({"state_dir": sys.argv[1], "manifest_url": sys.argv[2], "allow_http": True,
+                   "allow_unsigned": True,
                    "poll_interval": "0.2", "jitter": "0", "health_window": "1.0",
                    "seed_binary": sys.argv[3], "platform": "linux-amd64", "stop_grace": "2"})
 sys.exit(Supervisor(s, wall=lambda: time.time() + next(offsets)).run())

@@ -21,7 +21,8 @@ def test_file_manifest_change_triggers_a_check_at_once(
     release = tmp_path / "release"
     publish(release, "0.1.0", build("0.1.0"))
     lch = launcher()
-    lch.start("--manifest-url", (release / "version.json").as_uri(), "--poll-interval", "600",
+    lch.start("--manifest-url", (release / "version.json").as_uri(), "--allow-unsigned",
+              "--poll-interval", "600",
               "--jitter", "0", "--health-window", "1", "--health-url", lch.health_url)
     lch.wait_healthy("0.1.0")
     lch.wait_log("next check in 600")
@@ -43,6 +44,7 @@ def test_config_file_change_applies_without_restarting_the_agent(
     def write_config(release: Path, poll: int) -> None:
         config.write_text(f'manifest_url = "{(release / "version.json").as_uri()}"\n'
                           f"poll_interval = {poll}\njitter = 0\nhealth_window = 1\n"
+                          "allow_unsigned = true\n"
                           f'health_url = "{lch.health_url}"\n')
 
     write_config(first, 600)
@@ -74,7 +76,8 @@ def test_remote_manifest_may_not_name_a_local_file(
     with ReleaseServer() as srv:
         srv.publish("/version.json", Route(body=body.encode()))
         lch = launcher()
-        lch.start("--manifest-url", srv.url("/version.json"), "--allow-http", "--jitter", "0",
+        lch.start("--manifest-url", srv.url("/version.json"), "--allow-http",
+                  "--allow-unsigned", "--jitter", "0",
                   "--poll-interval", "0.3", "--seed-binary", str(build("0.1.0")))
         st = lch.wait_state(lambda s: (s.get("last_error") or "").startswith("https:"))
         assert "local file URL" in st["last_error"]

@@ -86,7 +86,7 @@ def test_binaries_are_written_before_the_manifest(
         seen.append((target.name, all(path.is_file() for path in binaries)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(release_tool.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     script = tmp_path.parent / "fake-agent"
     script.write_text("#!/bin/sh\necho 9.0\n")
     release_tool.publish("9.0", tmp_path, BASE, binary=script)
@@ -104,7 +104,7 @@ def test_failed_binary_write_leaves_the_old_manifest(
     def fail(src: str | Path, dst: str | Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(release_tool.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     script = tmp_path.parent / "agent.sh"
     script.write_text("#!/bin/sh\n")
     with pytest.raises(OSError, match="disk full"):

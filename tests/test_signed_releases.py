@@ -64,11 +64,11 @@ def answer(body: bytes, status: int = 200, **headers: str) -> Callable[[httpx.Re
 
 
 def check(origin: Origin, tmp_path: Path, keys: tuple[Path, ...], url: str = URL,
-          etag: str | None = None) -> worker.Result:
+          etag: str | None = None, trust: dict[str, Any] | None = None) -> worker.Result:
     s = Settings(manifest_url=url, platform="linux-amd64", state_dir=tmp_path / "state",
-                 public_keys=keys).for_worker()
+                 public_keys=keys, allow_unsigned=not keys).for_worker()
     request = {"settings": s, "current": None, "bad": [], "host_id": "h", "stage": False,
-               "etag": etag}
+               "etag": etag, "trust": trust}
     with make_client(transport=httpx.MockTransport(origin)) as client:
         return worker.run_check(request, client=client)
 
@@ -87,7 +87,8 @@ def test_worker_verifies_the_signature_beside_the_manifest(keys: tuple[Key, Key]
 
 def test_not_modified_needs_no_signature(keys: tuple[Key, Key], tmp_path: Path) -> None:
     origin = Origin({"/version.json": answer(b"", 304, etag='"v1"')})
-    result = check(origin, tmp_path, (keys[0].public,), etag='"v1"')
+    accepted = {"accepted": {"version": "0.1.2", "serial": 1, "expires": None}}
+    result = check(origin, tmp_path, (keys[0].public,), etag='"v1"', trust=accepted)
     assert result.outcome == "not_modified"
     assert origin.seen == [URL]
 
@@ -194,9 +195,7 @@ def signed(server: UpdateServer, keys: tuple[Key, Key]) -> Iterator[Callable[...
 def start(launcher: Callable[..., Launcher], server: UpdateServer, seed: Path,
           *public_keys: Path, url: str | None = None) -> Launcher:
     lch = launcher()
-    args = fast_args(server, lch, **({"--manifest-url": url} if url else {}))
-    for key in public_keys:
-        args += ["--public-key", str(key)]
+    args = fast_args(server, lch, *public_keys, **({"--manifest-url": url} if url else {}))
     lch.start(*args, "--seed-binary", str(seed))
     return lch
 

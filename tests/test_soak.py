@@ -73,7 +73,9 @@ def _lasting_fds(pid: int) -> set[str]:
     fds = open_fds(pid)
     transient = {f for f in fds if "/.state.json." in f and f.endswith(".tmp")}
     assert len(transient) <= 1, f"journal temp files held open: {sorted(transient)}"
-    return fds - transient
+    # The state directory's own descriptor (journal.fsync_dir) is open for an instant too:
+    # what lasts is what a second look still finds.
+    return (fds - transient) & open_fds(pid)
 
 
 def _agent(lch: Launcher) -> int | None:

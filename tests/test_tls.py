@@ -142,7 +142,8 @@ def test_plain_http_binary_url_in_the_manifest_is_refused(tls: ReleaseServer,
 
 def check(url: str, ca_file: Path, tmp_path: Path) -> tuple[int, dict[str, Any]]:
     out = run_cli("check", "--json", "--manifest-url", url, "--ca-file", str(ca_file),
-                  "--state-dir", str(tmp_path / "state"), "--platform", "linux-amd64")
+                  "--state-dir", str(tmp_path / "state"), "--platform", "linux-amd64",
+                  "--allow-unsigned")
     result: dict[str, Any] = json.loads(out.stdout)
     return out.returncode, result
 

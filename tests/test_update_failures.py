@@ -50,7 +50,8 @@ def test_check_refuses_bad_manifest_with_a_clear_error(case: str, tmp_path: Path
     with ReleaseServer() as srv:
         srv.publish("/version.json", Route(body=body))
         out = run_cli("check", "--manifest-url", srv.url("/version.json"), "--allow-http",
-                      "--state-dir", str(tmp_path / "none"), "--platform", "linux-amd64")
+                      "--state-dir", str(tmp_path / "none"), "--platform", "linux-amd64",
+                      "--allow-unsigned")
     assert out.returncode == 1, out
     assert expected in out.stdout
     assert not (tmp_path / "none").exists(), "check must change nothing"
@@ -62,7 +63,7 @@ def test_check_on_empty_state_dir_reports_first_install(server: UpdateServer,
     """``check`` with no state says what a first run would install, exit 0, no change."""
     server.publish("0.1.1", build("0.1.1"))
     out = run_cli("check", "--manifest-url", server.manifest_url, "--allow-http",
-                  "--state-dir", str(tmp_path / "missing"))
+                  "--allow-unsigned", "--state-dir", str(tmp_path / "missing"))
     assert out.returncode == 0, out
     assert "would install 0.1.1" in out.stdout
     assert not (tmp_path / "missing").exists()

@@ -34,11 +34,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from launcher.errors import ManifestError, SignatureError, SourceError, TransportError
 from launcher.sources.base import FetchResult, Validators
 from launcher.sources.http import (
+    METADATA_DEADLINE_S,
+    MIN_SPEED_BPS,
+    metadata_pace,
     parse_retry_after,
     read_capped,
     status_error,
     transport_error,
 )
+from launcher.sources.pace import SPEED_WINDOW_S, Pace
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +179,9 @@ class GitHubSource:
         prereleases: bool = False,
         signed: bool = False,
         now: Callable[[], float] = time.time,
+        deadline_s: float = METADATA_DEADLINE_S,
+        min_speed_bps: float = MIN_SPEED_BPS,
+        speed_window_s: float = SPEED_WINDOW_S,
     ) -> None:
         self.repo = repo
         self.platform = platform
@@ -186,6 +193,7 @@ class GitHubSource:
         self._client = client
         self._token = token
         self._now = now
+        self._limits = (deadline_s, min_speed_bps, speed_window_s)
 
     def fetch(self, validators: Validators | None) -> FetchResult:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": API_VERSION}
@@ -198,8 +206,10 @@ class GitHubSource:
             headers["If-None-Match"] = validators.etag
         if validators is not None and validators.last_modified is not None:
             headers["If-Modified-Since"] = validators.last_modified
+        pace = metadata_pace(f"GitHub API request to {self.url}", *self._limits)
         try:
-            with self._client.stream("GET", self.url, headers=headers) as response:
+            with self._client.stream("GET", self.url, headers=headers,
+                                     timeout=pace.timeout(self._client.timeout)) as response:
                 received = Validators(etag=response.headers.get("etag"),
                                       last_modified=response.headers.get("last-modified"))
                 if response.status_code == 304 and validators:
@@ -207,7 +217,7 @@ class GitHubSource:
                     return FetchResult(not_modified=True, body=None,
                                        validators=received or validators)
                 self._raise_for_status(response)
-                body = _read_capped(response, MAX_API_BYTES, "GitHub API answer")
+                body = _read_capped(response, MAX_API_BYTES, "GitHub API answer", pace=pace)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise transport_error(self.url, exc) from exc
         release = pick_release(parse_releases(body, many=self.prereleases),
@@ -271,12 +281,14 @@ class GitHubSource:
     def _download(self, url: str, limit: int, what: str,
                   too_large: type[SourceError] = ManifestError) -> bytes:
         """A small asset (never the binary), without the token, read up to ``limit``."""
+        pace = metadata_pace(f"download of {what} from {url}", *self._limits)
         try:
-            with self._client.stream("GET", url) as response:
+            with self._client.stream("GET", url,
+                                     timeout=pace.timeout(self._client.timeout)) as response:
                 if not response.is_success:
                     raise status_error("download of", response,
                                        lambda: datetime.fromtimestamp(self._now(), UTC))
-                return _read_capped(response, limit, what, too_large)
+                return _read_capped(response, limit, what, too_large, pace)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise transport_error(url, exc) from exc
 
@@ -290,6 +302,8 @@ def from_settings(s: Mapping[str, Any], client: httpx.Client,
         api_url=str(s.get("github_api_url") or DEFAULT_API_URL),
         token=env.get("GITHUB_TOKEN") or None, prereleases=bool(s.get("github_prerelease")),
         signed=bool(s.get("public_keys")),
+        deadline_s=float(s.get("metadata_deadline_s") or METADATA_DEADLINE_S),
+        min_speed_bps=float(s.get("min_speed_bps") or MIN_SPEED_BPS),
     )
 
 
@@ -301,5 +315,5 @@ def _required(release: Release, name: str, error: type[SourceError]) -> Asset:
 
 
 def _read_capped(response: httpx.Response, limit: int, what: str,
-                 error: type[SourceError] = ManifestError) -> bytes:
-    return read_capped(response, limit, error(f"{what} larger than {limit} bytes"))
+                 error: type[SourceError] = ManifestError, pace: Pace | None = None) -> bytes:
+    return read_capped(response, limit, error(f"{what} larger than {limit} bytes"), pace)

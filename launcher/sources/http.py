@@ -28,6 +28,7 @@ from launcher.errors import (
     TransportError,
 )
 from launcher.sources.base import FetchResult, Validators
+from launcher.sources.pace import SPEED_WINDOW_S, Pace
 
 __all__ = [
     "FetchResult",
@@ -35,6 +36,7 @@ __all__ = [
     "Validators",
     "iter_raw_body",
     "make_client",
+    "metadata_pace",
     "parse_retry_after",
     "status_error",
     "transport_error",
@@ -43,6 +45,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 64 * 1024
+METADATA_DEADLINE_S = 60.0
+MIN_SPEED_BPS = 8192.0
 MAX_REDIRECTS = 5
 _RETRY_STATUSES = frozenset({429, 503})
 
@@ -182,8 +186,10 @@ def iter_raw_body(response: httpx.Response, chunk_size: int | None = None) -> It
     yield from response.iter_raw(chunk_size)
 
 
-def read_capped(response: httpx.Response, limit: int, too_large: SourceError) -> bytes:
-    """The whole body, refused with ``too_large`` past ``limit`` bytes (announced or sent)."""
+def read_capped(response: httpx.Response, limit: int, too_large: SourceError,
+                pace: Pace | None = None) -> bytes:
+    """The whole body, refused with ``too_large`` past ``limit`` bytes (announced or sent),
+    and past ``pace``'s deadline or below its minimum speed."""
     announced = response.headers.get("content-length", "")
     if announced.isdigit() and int(announced) > limit:
         raise too_large
@@ -192,7 +198,16 @@ def read_capped(response: httpx.Response, limit: int, too_large: SourceError) ->
         body += chunk
         if len(body) > limit:
             raise too_large
+        if pace is not None:
+            pace.check(len(body))
     return bytes(body)
+
+
+def metadata_pace(what: str, deadline_s: float, min_speed_bps: float,
+                  speed_window_s: float = SPEED_WINDOW_S) -> Pace:
+    """The limits of one small fetch (manifest, signature, API answer, SHA256SUMS)."""
+    return Pace(what, deadline_s=deadline_s, min_speed_bps=min_speed_bps,
+                speed_window_s=speed_window_s)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -221,11 +236,18 @@ class HttpSource:
         client: httpx.Client,
         max_manifest_bytes: int = MAX_MANIFEST_BYTES,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        deadline_s: float = METADATA_DEADLINE_S,
+        min_speed_bps: float = MIN_SPEED_BPS,
+        speed_window_s: float = SPEED_WINDOW_S,
     ) -> None:
         self.url = url
         self._client = client
         self._max_bytes = max_manifest_bytes
         self._now = now
+        self._limits = (deadline_s, min_speed_bps, speed_window_s)
+
+    def _pace(self, what: str) -> Pace:
+        return metadata_pace(what, *self._limits)
 
     def fetch(self, validators: Validators | None) -> FetchResult:
         headers = {}
@@ -233,13 +255,16 @@ class HttpSource:
             headers["If-None-Match"] = validators.etag
         if validators is not None and validators.last_modified is not None:
             headers["If-Modified-Since"] = validators.last_modified
+        pace = self._pace(f"manifest request to {self.url}")
         try:
-            with self._client.stream("GET", self.url, headers=headers) as response:
-                return self._answer(response, validators)
+            with self._client.stream("GET", self.url, headers=headers,
+                                     timeout=pace.timeout(self._client.timeout)) as response:
+                return self._answer(response, validators, pace)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise transport_error(self.url, exc) from exc
 
-    def _answer(self, response: httpx.Response, sent: Validators | None) -> FetchResult:
+    def _answer(self, response: httpx.Response, sent: Validators | None,
+                pace: Pace) -> FetchResult:
         received = Validators(
             etag=response.headers.get("etag"),
             last_modified=response.headers.get("last-modified"),
@@ -249,14 +274,15 @@ class HttpSource:
             return FetchResult(not_modified=True, body=None, validators=received or sent)
         if not response.is_success:
             raise status_error("manifest request to", response, self._now)
-        body = self._read_capped(response)
+        body = self._read_capped(response, pace)
         return FetchResult(not_modified=False, body=body, validators=received)
 
-    def _read_capped(self, response: httpx.Response, limit: int | None = None,
+    def _read_capped(self, response: httpx.Response, pace: Pace, limit: int | None = None,
                      too_large: SourceError | None = None) -> bytes:
         limit = self._max_bytes if limit is None else limit
         return read_capped(response, limit,
-                           too_large or ManifestError(f"manifest larger than {limit} bytes"))
+                           too_large or ManifestError(f"manifest larger than {limit} bytes"),
+                           pace)
 
     def fetch_signature(self, max_bytes: int) -> bytes:
         """The detached signature beside the manifest (``<path>.minisig``), unconditionally.
@@ -266,14 +292,16 @@ class HttpSource:
         """
         parts = httpx.URL(self.url)
         url = str(parts.copy_with(path=parts.path + ".minisig"))
+        pace = self._pace(f"signature request to {url}")
         try:
-            with self._client.stream("GET", url) as response:
+            with self._client.stream("GET", url,
+                                     timeout=pace.timeout(self._client.timeout)) as response:
                 if response.status_code in (404, 410):
                     raise SignatureError(f"missing signature: GET {url} answered "
                                          f"{response.status_code}")
                 if not response.is_success:
                     raise status_error("signature request to", response, self._now)
-                return self._read_capped(response, max_bytes, SignatureError(
+                return self._read_capped(response, pace, max_bytes, SignatureError(
                     f"signature file {url} larger than {max_bytes} bytes"))
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise transport_error(url, exc) from exc

@@ -1,0 +1,138 @@
+"""Slow retrieval of metadata: the manifest, its signature, the GitHub API answer and
+SHA256SUMS each have an overall deadline and the minimum-speed rule, like the binary, against
+real servers on loopback that trickle or stall."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Launcher
+from hostile import agent_pid, assert_untouched, quick_args, sleeper
+from release_server import ReleaseServer, Route
+from signing import make_key, sign
+
+from launcher import worker
+from launcher.errors import TransportError
+from launcher.settings import Settings
+from launcher.sources.github import GitHubSource
+from launcher.sources.http import HttpSource, make_client
+
+SHA = "a" * 64
+REPO = "acme/agent"
+
+
+def manifest(srv: ReleaseServer) -> bytes:
+    entry = {"url": srv.url("/bin/agent"), "sha256": SHA}
+    return json.dumps({"version": "0.1.2", "binaries": {"linux-amd64": entry},
+                       "notes": "x" * 2000}).encode()
+
+
+def trickle(body: bytes) -> Route:
+    return Route(body=body, behaviour="trickle", chunk_bytes=1, interval_s=0.05)
+
+
+def run(srv: ReleaseServer, tmp_path: Path, **settings: Any) -> tuple[worker.Result, float]:
+    s = Settings(manifest_url=srv.url("/version.json"), platform="linux-amd64",
+                 state_dir=tmp_path, allow_http=True, metadata_deadline_s=1.0,
+                 **settings).for_worker()
+    started = time.monotonic()
+    result = worker.run_check({"settings": s, "current": None, "bad": [], "host_id": "h",
+                               "stage": False})
+    return result, time.monotonic() - started
+
+
+def test_trickled_manifest_hits_its_deadline(tmp_path: Path) -> None:
+    with ReleaseServer() as srv:
+        srv.publish("/version.json", trickle(manifest(srv)))
+        result, took = run(srv, tmp_path, allow_unsigned=True)
+    assert result.error_kind == "transport", result
+    assert "manifest request to" in str(result.error)
+    assert "exceeded its deadline of 1s" in str(result.error)
+    assert took < 3.0
+
+
+def test_stalled_manifest_hits_its_deadline(tmp_path: Path) -> None:
+    """Headers, then nothing: each read's timeout is capped at the deadline."""
+    with ReleaseServer() as srv:
+        srv.publish("/version.json", Route(body=manifest(srv), behaviour="stall"))
+        result, took = run(srv, tmp_path, allow_unsigned=True)
+    assert result.error_kind == "transport" and "timed out" in str(result.error), result
+    assert took < 3.0
+
+
+def test_trickled_signature_hits_its_deadline(tmp_path: Path) -> None:
+    key = make_key(tmp_path / "keys", "release")
+    with ReleaseServer() as srv:
+        body = manifest(srv)
+        srv.publish("/version.json", Route(body=body))
+        srv.publish("/version.json.minisig", trickle(sign(body, key)))
+        result, took = run(srv, tmp_path, public_keys=(key.public,))
+    assert result.error_kind == "transport", result
+    assert "signature request to" in str(result.error)
+    assert "exceeded its deadline of 1s" in str(result.error)
+    assert took < 3.0
+
+
+def test_minimum_speed_applies_to_metadata(tmp_path: Path) -> None:
+    """Below the minimum average speed over the window: refused before the deadline."""
+    with ReleaseServer() as srv:
+        srv.publish("/version.json", trickle(manifest(srv)))
+        with make_client(allow_http=True) as client:
+            source = HttpSource(srv.url("/version.json"), client=client, deadline_s=60,
+                                min_speed_bps=1000, speed_window_s=0.5)
+            started = time.monotonic()
+            with pytest.raises(TransportError, match=r"too slow: \d+ B/s over the last 0.5s"):
+                source.fetch(None)
+    assert time.monotonic() - started < 3.0
+
+
+def release_json(srv: ReleaseServer, sums: bool) -> bytes:
+    asset = {"name": "agent-linux-amd64", "size": 4,
+             "browser_download_url": srv.url("/dl/agent-linux-amd64"),
+             "digest": None if sums else f"sha256:{SHA}"}
+    assets = [asset]
+    if sums:
+        assets.append({"name": "SHA256SUMS", "size": 100,
+                       "browser_download_url": srv.url("/dl/SHA256SUMS")})
+    return json.dumps({"tag_name": "v0.1.2", "assets": assets, "body": "n" * 2000}).encode()
+
+
+@pytest.mark.parametrize("slow", ["API answer", "SHA256SUMS"])
+def test_github_metadata_has_deadlines(slow: str) -> None:
+    with ReleaseServer() as srv:
+        api = release_json(srv, sums=slow == "SHA256SUMS")
+        path = f"/repos/{REPO}/releases/latest"
+        sums = f"{hashlib.sha256(b'x').hexdigest()}  agent-linux-amd64\n".encode() * 40
+        srv.publish(path, trickle(api) if slow == "API answer" else Route(body=api))
+        srv.publish("/dl/SHA256SUMS", trickle(sums))
+        with make_client(allow_http=True) as client:
+            source = GitHubSource(REPO, client=client, platform="linux-amd64",
+                                  api_url=srv.url(""), deadline_s=1.0)
+            started = time.monotonic()
+            with pytest.raises(TransportError, match="exceeded its deadline of 1s") as info:
+                source.fetch(None)
+    assert time.monotonic() - started < 3.0
+    expected = "GitHub API request to" if slow == "API answer" else "download of SHA256SUMS"
+    assert expected in str(info.value)
+
+
+def test_trickled_manifest_through_the_launcher(launcher: Callable[..., Launcher],
+                                                tmp_path: Path) -> None:
+    """The agent runs on; the check fails on time, with ``transport:``, again and again."""
+    with ReleaseServer() as srv:
+        srv.publish("/version.json", trickle(manifest(srv)))
+        lch = launcher()
+        args = quick_args(srv.url("/version.json"), sleeper(tmp_path, "0.1.0"),
+                          **{"--metadata-deadline": "0.5"})
+        lch.start(*args, agent_args=())
+        pid = agent_pid(lch, "0.1.0")
+        st = assert_untouched(lch, pid, "0.1.0", "exceeded its deadline of 0.5s")
+        assert st["last_error"].startswith("transport: manifest request to")
+        lch.wait_state(lambda s: s.get("consecutive_failures", 0) >= 2, what="a second failure")
+        assert lch.stop() == 0
