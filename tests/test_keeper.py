@@ -165,8 +165,8 @@ def test_a_worker_dies_with_its_launcher(launcher: Callable[..., Launcher],
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/version.json"
         agent = script_agent(tmp_path / "a", "1.0.0", "exec sleep 100000")
         lch = launcher()
-        lch.start("--allow-http", "--manifest-url", url, "--jitter", "0", "--poll-interval",
-                  "0.2", "--seed-binary", str(agent), agent_args=())
+        lch.start("--allow-http", "--allow-unsigned", "--manifest-url", url, "--jitter", "0",
+                  "--poll-interval", "0.2", "--seed-binary", str(agent), agent_args=())
         worker = wait_until(lambda: _child_with(lch, "launcher.worker"), 15, "a worker")
         assert lch.proc is not None
         lch.proc.send_signal(signal.SIGKILL)

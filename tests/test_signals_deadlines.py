@@ -194,7 +194,7 @@ def test_a_watcher_whose_directory_is_missing_backs_off(
     after 5 s, then 10 s, not every 5 s for ever."""
     url = (tmp_path / "missing" / "version.json").as_uri()
     lch = launcher()
-    lch.start("--manifest-url", url, "--poll-interval", "600", "--jitter", "0",
+    lch.start("--allow-unsigned", "--manifest-url", url, "--poll-interval", "600", "--jitter", "0",
               "--seed-binary", str(script_agent(tmp_path / "a", "1.0.0", "exec sleep 100000")),
               agent_args=())
     lch.wait_log(r"file watcher exited 1; restarting it in 5s")
