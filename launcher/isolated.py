@@ -54,8 +54,9 @@ def environ(base: Mapping[str, str]) -> dict[str, str]:
 
 
 def worker_environ(base: Mapping[str, str]) -> dict[str, str]:
-    """The update check's environment: it talks to the source, so it keeps the settings."""
-    return child_environ(base)
+    """The update check's environment: the settings variables, but no source token (that
+    reaches the worker in its request, on stdin)."""
+    return {k: v for k, v in child_environ(base).items() if k != "GITHUB_TOKEN"}
 
 
 def shas(paths: Sequence[Path], reaper: Reaper, env: Mapping[str, str],

@@ -247,7 +247,12 @@ class Supervisor:
     # ---- update checks ------------------------------------------------------------
 
     def _check_request(self) -> dict[str, Any]:
-        return check_request(self.s.for_worker(), self.state, stage=True, conditional=True)
+        """The worker's request; the source token travels in it (over the worker's stdin),
+        never in the worker's environment, which other processes of this user can read."""
+        request = check_request(self.s.for_worker(), self.state, stage=True, conditional=True)
+        if token := self.res.env.get("GITHUB_TOKEN"):
+            request["settings"] = {**request["settings"], "github_token": token}
+        return request
 
     def _on_scheduled(self, delay: float) -> None:
         self.res.save(dataclasses.replace(self.state, next_check_at=self.res.now_iso(delay)))

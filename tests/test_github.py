@@ -6,6 +6,7 @@ the manifest the worker parses, so the rest of the update cycle is the one of ev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
-from conftest import Launcher, https_args, run_cli
+from conftest import Launcher, https_args, run_cli, wait_until
 from fake_github import FakeGitHub
 from release_server import Route
 
@@ -220,6 +222,9 @@ def test_latest_release_installs_through_the_launcher(
     lch.wait_healthy("0.1.1")
     lch.wait_state(lambda s: s.get("phase") == "committed" and s.get("etag") is not None,
                    what="0.1.1 committed and the release's ETag kept")
+    # The token reaches the worker in its request (stdin), not its environment.
+    worker = wait_until(lambda: _worker_environ(lch), 15, "a worker's environment")
+    assert b"PATH=" in worker and TOKEN.encode() not in worker
     n = len(gh.api_requests())
     wait = lch.wait_log("manifest not modified")
     assert "GitHub release v0.1.1" in wait
@@ -232,6 +237,15 @@ def test_latest_release_installs_through_the_launcher(
     assert all("Authorization" not in r.headers for r in downloads)
     assert TOKEN not in (lch.state_dir / "state.json").read_text()
     assert lch.stop() == 0
+
+
+def _worker_environ(lch: Launcher) -> bytes | None:
+    assert lch.proc is not None
+    for p in psutil.Process(lch.proc.pid).children():
+        with contextlib.suppress(psutil.Error, OSError):
+            if "launcher.worker" in " ".join(p.cmdline()):
+                return Path(f"/proc/{p.pid}/environ").read_bytes() or None
+    return None
 
 
 def test_digest_mismatch_is_refused(gh: FakeGitHub, ca_file: Path,

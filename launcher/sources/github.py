@@ -7,7 +7,8 @@ without a leading ``v``, the binary is the asset named exactly ``agent-<platform
 its ``browser_download_url``, ``size`` and the sha256 of its ``digest`` (``sha256:<hex>``)
 or, for assets uploaded before GitHub computed digests, of the ``SHA256SUMS`` asset.
 
-``GITHUB_TOKEN`` from the environment is sent as a bearer token on API requests only; httpx
+The token (``GITHUB_TOKEN``; a running launcher hands it over in the worker's request) is
+sent as a bearer token on API requests only; httpx
 drops it on a redirect to another origin, and downloads never carry it. A rate-limited
 answer (403 or 429 with ``x-ratelimit-remaining: 0``, or with ``Retry-After``) becomes a
 :class:`TransportError` whose ``retry_after_s`` is the time left until the reset.
@@ -295,12 +296,14 @@ class GitHubSource:
 
 def from_settings(s: Mapping[str, Any], client: httpx.Client,
                   environ: Mapping[str, str] | None = None) -> GitHubSource:
-    """The source for the worker's settings; the token comes from ``GITHUB_TOKEN``."""
+    """The source for the worker's settings. The token comes in the request from a running
+    launcher (``github_token``), or from ``GITHUB_TOKEN`` for a ``check`` run in-process."""
     env = os.environ if environ is None else environ
     return GitHubSource(
         str(s["github_repo"]), client=client, platform=str(s["platform"]),
         api_url=str(s.get("github_api_url") or DEFAULT_API_URL),
-        token=env.get("GITHUB_TOKEN") or None, prereleases=bool(s.get("github_prerelease")),
+        token=str(s.get("github_token") or env.get("GITHUB_TOKEN") or "") or None,
+        prereleases=bool(s.get("github_prerelease")),
         signed=bool(s.get("public_keys")),
         deadline_s=float(s.get("metadata_deadline_s") or METADATA_DEADLINE_S),
         min_speed_bps=float(s.get("min_speed_bps") or MIN_SPEED_BPS),
