@@ -86,11 +86,12 @@ class CheckRunner:
         else:
             self.deferred = True
 
-    def resume(self, delay: float | None = None) -> None:
-        """The supervisor can take results again (a trial ended): the next check comes."""
+    def resume(self) -> None:
+        """The supervisor can take results again (a trial ended): the next check comes, at
+        once if one fell due (or was asked for) meanwhile."""
         if self.worker is not None:
             return
-        self.schedule(self.poll_delay() if delay is None else delay)
+        self.schedule(0.0 if self.deferred else self.poll_delay())
 
     def cancel(self) -> None:
         self.loop.timers.cancel(NEXT)

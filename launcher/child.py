@@ -120,7 +120,7 @@ class Child:
 
     def send(self, sig: int) -> None:
         if self.running:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, sig)
 
     def stop(self, grace_s: float, sig: int = signal.SIGTERM) -> int:

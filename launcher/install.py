@@ -14,10 +14,12 @@ import dataclasses
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from launcher.errors import HostError
 from launcher.faults import FaultHook
 from launcher.journal import Build, State, Trial, fsync_dir, link_or_copy, set_mode, utc_iso
 
@@ -110,13 +112,20 @@ def rollback_refusal(state: State, bin_dir: Path, shas: Hasher = file_shas) -> s
     if state.previous is None:
         return "no agent.old to roll back to"
     try:
-        st_agent, st_old = agent.stat(), old.stat()
+        st_agent, st_old = os.lstat(agent), os.lstat(old)
     except FileNotFoundError:
         return (f"the journal names {state.previous.version} as the previous build, but "
                 "bin/agent.old is gone")
+    except OSError as exc:
+        return f"cannot inspect bin/agent.old: {exc.strerror or exc}"
+    if not (stat.S_ISREG(st_agent.st_mode) and stat.S_ISREG(st_old.st_mode)):
+        return "bin/agent.old or bin/agent is not a regular file"
     if (st_agent.st_dev, st_agent.st_ino) == (st_old.st_dev, st_old.st_ino):
         return "bin/agent.old is the same file as bin/agent: nothing else to roll back to"
-    agent_sha, old_sha = shas([agent, old])
+    try:
+        agent_sha, old_sha = shas([agent, old])
+    except (HostError, OSError) as exc:
+        return f"cannot read bin/agent.old: {exc}"
     if agent_sha == old_sha or state.previous.sha256 == state.current.sha256:
         return (f"bin/agent.old is the same build as bin/agent ({state.current.label()}): "
                 "nothing else to roll back to")

@@ -91,7 +91,7 @@ class Staged:
 class ChildInfo:
     pid: int | None
     version: str | None
-    state: str  # running | backoff | stopped
+    state: str  # starting | running | backoff | stopped
     since: str
     create_time: float | None = None  # the running agent's start (psutil), with ``pid``
 
@@ -204,11 +204,16 @@ def from_dict(d: dict[str, Any]) -> State:
     trial = d.get("trial")
     staged = d.get("staged")
     child = d.get("child")
+    phase = d["phase"]
+    # A phase whose record is missing cannot be resumed: the files decide (install.recover).
+    record = {"trial": trial, "swapping": staged, "rolling_back": d.get("rollback_to")}
+    if phase in record and not record[phase]:
+        phase = "committed"
     build = _build(trial["build"]) if trial else None
     sbuild = _build(staged["build"]) if staged else None
     return State(
         host_id=str(d["host_id"]),
-        phase=d["phase"],
+        phase=phase,
         current=_build(d.get("current")),
         previous=_build(d.get("previous")),
         staged=Staged(sbuild, str(staged["file"])) if staged and sbuild else None,
@@ -232,11 +237,12 @@ def from_dict(d: dict[str, Any]) -> State:
         last_check_at=d.get("last_check_at"),
         last_error=d.get("last_error"),
         next_check_at=d.get("next_check_at"),
-        child=ChildInfo(child.get("pid"), child.get("version"), child["state"], child["since"],
+        child=ChildInfo(_pid_or_none(child.get("pid")), child.get("version"),
+                        str(child["state"]), str(child["since"]),
                         _float_or_none(child.get("create_time")))
         if child
         else None,
-        launcher_pid=d.get("launcher_pid"),
+        launcher_pid=_pid_or_none(d.get("launcher_pid")),
         updated_at=d.get("updated_at"),
         extra=dict(d.get("extra", {})),
     )
@@ -244,6 +250,12 @@ def from_dict(d: dict[str, Any]) -> State:
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _pid_or_none(value: Any) -> int | None:
+    """A pid as the journal should hold it; anything else (a string, 0, -5) is no pid."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else None
 
 
 def read_nofollow(path: Path) -> bytes:

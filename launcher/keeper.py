@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import psutil
@@ -58,6 +59,9 @@ class AgentKeeper:
         self.tracked = tracked  # pids other owners track (workers, the watcher)
         self.child: Child | None = None
         self.crashes = 0
+        # Children we had before starting anything (a sidecar started by the entrypoint
+        # before it exec'd the launcher): inherited, not orphans the agent left.
+        self.inherited = {p.pid for p in proc.adopted(set())}
         self.last_exit: str | None = None
         # Side effects, injected with the real ones as defaults (the model test fakes them).
         self.spawn: Callable[[str, list[str], Mapping[str, str], Reaper], Child] = Child.start
@@ -117,7 +121,7 @@ class AgentKeeper:
     def end_leftovers(self, group: int | None = None) -> list[str]:
         """End the rest of the agent's process group (``group``, once its leader exited) and
         every untracked orphan we adopted; what was found running, in words."""
-        return self.leftovers(group, self.tracked() | self.pids())
+        return self.leftovers(group, self.tracked() | self.pids() | self.inherited)
 
     def restart_after_crash(self, ran_s: float) -> float:
         """Schedule the one pending restart with crash backoff; returns its delay."""
@@ -130,10 +134,15 @@ class AgentKeeper:
         self.crashes = 0
 
     def info(self, version: str, state: str, since: str) -> ChildInfo:
-        """What the journal keeps of the agent: pid and start time while it runs."""
+        """What the journal keeps of the agent: pid and start time while it runs; while it
+        is being started ("starting"), the time before the spawn, so that a launcher killed
+        between the spawn and the next write still finds it."""
         if state == "running" and self.child is not None:
             return ChildInfo(pid=self.child.pid, version=version, state=state, since=since,
                              create_time=_create_time(self.child.pid))
+        if state == "starting":
+            return ChildInfo(pid=None, version=version, state=state, since=since,
+                             create_time=time.time())
         return ChildInfo(pid=None, version=version, state=state, since=since)
 
 
@@ -153,34 +162,87 @@ def end_leftovers(group: int | None, tracked: set[int], reaper: Reaper) -> list[
 
 def stop_survivor(info: ChildInfo | None, grace_s: float, agent_path: str) -> bool:
     """Stop an agent that outlived the launcher that started it (only the launcher was
-    killed). Identified by the journaled pid *and* start time, and by running our agent
-    binary, so a recycled pid is never touched. True when one was found and stopped."""
-    if info is None or info.pid is None or info.create_time is None or info.pid == os.getpid():
+    killed). A running one is known by its journaled pid *and* start time; one the launcher
+    was still starting when it died ("starting", no pid yet) by running our agent binary
+    and having started after the mark. Either way the process must run ``agent_path``
+    (compared as real paths), so a recycled pid is never touched. True when one was found;
+    it is stopped with its whole family before this returns."""
+    if info is None or info.create_time is None:
         return False
+    if info.state == "running" and isinstance(info.pid, int) and info.pid > 0:
+        p = _process(info.pid)
+        found = [p] if p is not None and _started_at(p, info.create_time, 0.05) else []
+    elif info.state == "starting":
+        found = [p for p in psutil.process_iter() if _started_after(p, info.create_time - 1.0)]
+    else:
+        return False
+    found = [p for p in found if p.pid != os.getpid() and _runs(p, agent_path)]
+    if not found:
+        return False
+    log.warning("agent %s (pid %s) outlived the previous launcher; stopping it before "
+                "starting a new one", info.version, ", ".join(str(p.pid) for p in found))
+    stop_family(found, grace_s)
+    return True
+
+
+def stop_family(procs: list[psutil.Process], grace_s: float) -> None:
+    """TERM to each process, its group and its descendants; wait for *all* of them (a
+    wrapper's server may drain after the wrapper is gone); KILL what is left."""
+    family: dict[int, psutil.Process] = {p.pid: p for p in procs}
+    for p in procs:
+        for q in [*_group_members(p.pid), *_descendants(p)]:
+            family.setdefault(q.pid, q)
+    members = list(family.values())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        for q in members:
+            with contextlib.suppress(psutil.Error, OSError):
+                q.send_signal(sig)
+        _, members = psutil.wait_procs(members, timeout=grace_s if sig == signal.SIGTERM
+                                       else 5.0)
+        if not members:
+            return
+        log.warning("agent processes %s still running after %.1fs; sending SIGKILL",
+                    ", ".join(str(q.pid) for q in members), grace_s)
+
+
+def _process(pid: int) -> psutil.Process | None:
     try:
-        p = psutil.Process(info.pid)
-        if abs(p.create_time() - info.create_time) > 0.05:
-            return False
-        if agent_path not in p.cmdline()[:2]:  # the binary itself, or a script's interpreter
-            return False
+        return psutil.Process(pid)
+    except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def _started_at(p: psutil.Process, at: float, slack: float) -> bool:
+    try:
+        return abs(p.create_time() - at) <= slack
     except (psutil.Error, OSError):
         return False
-    log.warning("agent %s (pid %d) outlived the previous launcher; stopping it before "
-                "starting a new one", info.version, info.pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(info.pid, signal.SIGTERM)
-    with contextlib.suppress(psutil.Error, OSError):
-        p.terminate()
-    _, alive = psutil.wait_procs([p], timeout=grace_s)
-    if alive:
-        log.warning("agent pid %d still running after %.1fs; sending SIGKILL", info.pid,
-                    grace_s)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(info.pid, signal.SIGKILL)
-        with contextlib.suppress(psutil.Error, OSError):
-            p.kill()
-        psutil.wait_procs([p], timeout=5.0)
-    return True
+
+
+def _started_after(p: psutil.Process, at: float) -> bool:
+    try:
+        return p.create_time() >= at
+    except (psutil.Error, OSError):
+        return False
+
+
+def _runs(p: psutil.Process, agent_path: str) -> bool:
+    """The binary itself or, for a script, its interpreter's first argument is our agent."""
+    want = os.path.realpath(agent_path)
+    try:
+        return any(os.path.realpath(arg) == want for arg in p.cmdline()[:2] if arg)
+    except (psutil.Error, OSError):
+        return False
+
+
+def _descendants(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except (psutil.Error, OSError):
+        return []
 
 
 def _create_time(pid: int) -> float | None:

@@ -1,5 +1,8 @@
 """The resident's loop: one ``select``, one timer set, dispatch. Nothing else lives here.
 
+A callback that raises is logged and the loop goes on (the agent keeps running); only many
+such errors in a minute end the launcher, so that its supervisor restarts it.
+
 Each timer has a name chosen by the part that owns it (``agent.restart``, ``trial.tick``,
 ``check.next`` ...); only its owner sets or cancels it, and setting a name again replaces
 the earlier deadline, so no owner can ever have two of the same pending.
@@ -14,13 +17,20 @@ then run the timers that are due.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import selectors
 import time
 from collections.abc import Callable
 
 from launcher.reaper import Reaper
 
+log = logging.getLogger(__name__)
+
 Callback = Callable[[], None]
+MAX_WAIT_S = 86400.0
+MAX_ERRORS = 10  # internal errors within ERROR_WINDOW_S before the launcher gives up
+ERROR_WINDOW_S = 60.0
 
 
 class Timers:
@@ -46,16 +56,17 @@ class Timers:
             return None
         return max(0.0, min(at for at, _ in self._due.values()) - self.clock())
 
-    def run_due(self) -> None:
-        """Run every timer whose deadline has passed, earliest first. A callback may set or
-        cancel timers: one it cancels does not run, one it sets runs at a later turn."""
+    def run_due(self, run: Callable[[Callback], None] = lambda fn: fn()) -> None:
+        """Run every timer whose deadline has passed, earliest first (through ``run``). A
+        callback may set or cancel timers: one it cancels does not run, one it sets runs at
+        a later turn."""
         now = self.clock()
         for name, entry in sorted(self._due.items(), key=lambda kv: kv[1][0]):
             if entry[0] > now:
                 break
             if self._due.get(name) is entry:
                 del self._due[name]
-                entry[1]()
+                run(entry[1])
 
 
 class Loop:
@@ -67,6 +78,7 @@ class Loop:
         self.pollers: list[Callback] = []
         self.owned: Callable[[], set[int]] = set
         self.done = False
+        self._errors: list[float] = []
         self.sel.register(reaper.wakeup_fd, selectors.EVENT_READ, reaper.drain_wakeup)
 
     def add_reader(self, fd: int, fn: Callback) -> None:
@@ -78,21 +90,37 @@ class Loop:
 
     def turn(self) -> None:
         timeout = 0.0 if self.reaper.pending() else self.timers.timeout()
+        if timeout is not None:
+            timeout = min(timeout, MAX_WAIT_S)  # epoll takes at most INT_MAX milliseconds
         for key, _ in self.sel.select(timeout):
-            key.data()
+            self.guarded(key.data)
         self.dispatch()
 
     def dispatch(self) -> None:
         """Everything of a turn after the wait."""
         self.reaper.reap()
         while self.reaper.signals and not self.done:
-            self.on_signal(self.reaper.signals.popleft())
+            self.guarded(functools.partial(self.on_signal, self.reaper.signals.popleft()))
         if self.done:
             return
         for poll in self.pollers:
-            poll()
+            self.guarded(poll)
         self.reaper.forget_others(self.owned())
-        self.timers.run_due()
+        self.timers.run_due(self.guarded)
+
+    def guarded(self, fn: Callback) -> None:
+        """Run one callback; a bug in it is logged, not fatal: the agent keeps running. Many
+        in a short time (a fault that repeats every turn) end the launcher after all, so
+        that its supervisor restarts it rather than it spinning."""
+        try:
+            fn()
+        except Exception:
+            now = time.monotonic()
+            self._errors = [t for t in self._errors if now - t < ERROR_WINDOW_S] + [now]
+            log.exception("internal error in the launcher's loop (%d in %.0fs); carrying on",
+                          len(self._errors), ERROR_WINDOW_S)
+            if len(self._errors) > MAX_ERRORS:
+                raise
 
     def close(self) -> None:
         self.sel.close()

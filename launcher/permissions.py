@@ -11,7 +11,8 @@ hold ``launcher.lock`` can keep the launcher from starting. So:
 - The lock and the control socket live in ``run/``, a directory only the launcher's user
   can enter (0700), so no other local user can flock the lock (a start refused for good
   under ``RestartPreventExitStatus=2``) or connect to the socket.
-- Paths are opened without following symlinks.
+- Files in it (the lock, the journal) are opened without following symlinks; a directory
+  reached through a symlink is judged by what it points at.
 - An offline command run as root gives what it wrote back to the state dir's owner, so the
   service can still write it afterwards.
 - The resident is not dumpable: the agent, running as the same user, cannot read the
@@ -43,14 +44,13 @@ def check_dir(path: Path, what: str, *, loose_ok: bool = False) -> None:
     """Refuse ``path`` unless it is a real directory owned by us (or root) that nobody else
     can write. ``loose_ok`` skips the owner and mode rule (a pod's own volume)."""
     try:
-        st = os.lstat(path)
+        st = os.stat(path)  # a symlinked state dir (moved to a bigger disk) is judged by its target
     except FileNotFoundError:
         return
     except OSError as exc:
         raise ConfigError(f"cannot inspect {what} {path}: {exc.strerror}") from exc
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{what} {path} is not a directory (a symlink or a file); "
-                          "give a real directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a directory; give a directory")
     if loose_ok:
         return
     me = os.geteuid()

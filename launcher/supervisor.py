@@ -51,6 +51,9 @@ class Supervisor:
         reload: Callable[[], Settings] | None = None,
     ) -> None:
         env = dict(os.environ if environ is None else environ)
+        # An absolute state dir: the agent's command line names it, and a later launcher
+        # (maybe started from elsewhere) must recognise a survivor by it.
+        settings = dataclasses.replace(settings, state_dir=settings.state_dir.absolute())
         res = self.res = Resident(settings, env, wall,
                                   fault if fault is not None else faults.resident_hook(env))
         self.config_file = config_file.resolve() if config_file is not None else None
@@ -205,6 +208,7 @@ class Supervisor:
         current = self.state.current
         if current is None or self.res.stopping:
             return
+        self.res.save_child("starting")  # journaled first: a kill after the spawn finds it
         try:
             self.keeper.start(f"agent {current.version}")
         except OSError as exc:

@@ -81,11 +81,11 @@ class TrialJudge:
             return WAIT
         if probe is None or self.last_ok:
             return self._end(COMMIT)
-        if self.answered or age_s < self.grace_s:
-            return WAIT  # a short run of failures, or a child still in its grace
-        what = ("was not healthy at the end of" if self.record.healthy_seen
-                else "never answered")
-        return self._end(Verdict("fail", f"agent {what} {self.health_url} during its "
+        if self.record.healthy_seen or age_s < self.grace_s:
+            # A short run of failures (the run of three ends it), or a child still in its
+            # grace: the same rule as mid-window, also for a trial resumed near its end.
+            return WAIT
+        return self._end(Verdict("fail", f"agent never answered {self.health_url} during its "
                                          f"{self.window_s:g}s health window"))
 
     def ran(self, age_s: float) -> None:

@@ -166,7 +166,9 @@ def no_links_fs(tmp_path: Path) -> Iterator[Path]:
         unavailable(f"no loop device here: {loop.stderr.strip()}")
     device = loop.stdout.strip()
     try:
-        subprocess.run([fuse or "", device, str(target)], check=True, capture_output=True)
+        # umask=0077: modes are the mount's, and a state dir must be the launcher's alone.
+        subprocess.run([fuse or "", "-o", "umask=0077", device, str(target)], check=True,
+                       capture_output=True)
         probe = target / "probe"
         probe.write_text("x")
         with pytest.raises(PermissionError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,25 +134,30 @@ def test_a_daemonizing_agent_is_named_and_leaves_nothing(
         launcher: Callable[..., Launcher], tmp_path: Path) -> None:
     """An agent that forks into the background and exits 0 is reported in plain words, and
     what it left running is stopped."""
-    agent = script_agent(tmp_path / "a", "1.0.0", "(setsid sleep 4321.5 &)\nexit 0")
+    mark = _unique_sleep()
+    agent = script_agent(tmp_path / "a", "1.0.0", f"(setsid sleep {mark} &)\nexit 0")
     lch = launcher()
     lch.start("--seed-binary", str(agent), agent_args=())
     lch.wait_log("put itself in the background")
     lch.wait_log("restarting agent 1.0.0", count=2, timeout=20)
-    assert not _sleepers("4321.5"), "a daemon the agent left is still running"
+    assert not _sleepers(mark), "a daemon the agent left is still running"
     assert lch.stop() == 0
-    assert not _sleepers("4321.5")
+    assert not _sleepers(mark)
 
 
 def test_nothing_the_agent_spawned_survives_a_clean_stop(
         launcher: Callable[..., Launcher], tmp_path: Path) -> None:
     """A grandchild that escaped the agent's group and lost its parent is still ended."""
-    agent = script_agent(tmp_path / "a", "1.0.0", "(setsid sleep 4321.6 &)\nexec sleep 100000")
+    mark = _unique_sleep()
+    agent = script_agent(tmp_path / "a", "1.0.0", f"(setsid sleep {mark} &)\nexec sleep 100000")
     lch = launcher()
     lch.start("--seed-binary", str(agent), agent_args=())
-    wait_until(lambda: _sleepers("4321.6"), 10, "the grandchild running")
+    assert lch.proc is not None
+    launcher_pid = lch.proc.pid
+    wait_until(lambda: [p for p in _sleepers(mark) if p.ppid() == launcher_pid], 10,
+               "the grandchild running, adopted by the launcher")
     assert lch.stop() == 0
-    assert not _sleepers("4321.6")
+    assert not _sleepers(mark)
 
 
 def test_a_worker_dies_with_its_launcher(launcher: Callable[..., Launcher],
@@ -173,6 +179,11 @@ def test_a_worker_dies_with_its_launcher(launcher: Callable[..., Launcher],
         lch.proc.wait(10)
         wait_until(lambda: not worker.is_running()
                    or worker.status() == psutil.STATUS_ZOMBIE, 5, "the worker gone")
+
+
+def _unique_sleep() -> str:
+    """A sleep argument no other test run uses: its processes can be told apart."""
+    return f"4321.{uuid.uuid4().int % 10**8}"
 
 
 def _sleepers(arg: str) -> list[psutil.Process]:
