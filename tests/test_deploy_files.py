@@ -141,9 +141,26 @@ def test_three_binaries_fit_the_state_volume(path: Path) -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     size = quantity_bytes(volumes[mounts[STATE_DIR]]["emptyDir"]["sizeLimit"])
     env = {e["name"]: e["value"] for e in container["env"]}
+    del env["NGINX_MANAGER_PUBLIC_KEY"]  # the pod's mounted key: not on this host
     cap = launcher_settings.load({}, environ=env).max_binary_bytes
     assert cap < Settings().max_binary_bytes  # the manifest lowers the default
     assert 3 * cap < size
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_the_pod_runs_signed_with_the_key_from_a_configmap(path: Path) -> None:
+    """Signatures are required: the launcher's public key is a read-only mount of the
+    ConfigMap the operator creates, and nothing says --allow-unsigned."""
+    spec = pod_spec(path)
+    container = agent_container(path)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert "NGINX_MANAGER_ALLOW_UNSIGNED" not in env
+    key = Path(env["NGINX_MANAGER_PUBLIC_KEY"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(key.parent)]
+    assert mount.get("readOnly") is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mount["name"]]["configMap"]["name"] == "nginx-manager-release-key"
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -275,14 +292,8 @@ def test_example_config_loads() -> None:
     assert loaded.health_window_s == Settings().health_window_s
 
 
-# Options added by issue 10 (release authenticity) that systemd/launcher.toml.example does
-# not show yet: the deploy files have their own owner, who adds them (with the public key).
-# Once the example has them, this set must shrink: the test fails until it does.
-AWAITING_EXAMPLE = {"allow_unsigned", "channel", "min_serial", "metadata_deadline"}
-
-
 def test_example_config_mentions_every_option() -> None:
     """Every option appears in the example, set or commented, so operators can find it."""
     text = EXAMPLE_CONFIG.read_text()
     keys = set(re.findall(r"^#? ?(\w+) = ", text, re.M))
-    assert keys == {o.key for o in launcher_settings.OPTIONS} - AWAITING_EXAMPLE
+    assert keys == {o.key for o in launcher_settings.OPTIONS}

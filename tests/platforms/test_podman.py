@@ -175,7 +175,9 @@ def test_podman_stop_ends_it_within_the_grace_period(
     assert "agent" in c.logs() and "stopping on SIGTERM" in c.logs()
 
 
-def kube_manifest(image: str, tmp_path: Path) -> Path:
+def kube_manifest(image: str, tmp_path: Path) -> tuple[Path, Path]:
+    """The shipped deployment with the image swapped, and the ConfigMap an operator creates
+    with the release's public key (``kubectl create configmap ... --from-file``)."""
     (doc,) = [d for d in yaml.safe_load_all((ROOT / "packaging" / "k8s" / "deployment.yaml")
                                             .read_text()) if d]
     (container,) = doc["spec"]["template"]["spec"]["containers"]
@@ -183,17 +185,24 @@ def kube_manifest(image: str, tmp_path: Path) -> Path:
     container["image"] = image
     path = tmp_path / "deployment.yaml"
     path.write_text(yaml.safe_dump(doc))
-    return path
+    (volume,) = [v for v in doc["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+    key = make_key(tmp_path / "keys", "release")
+    configmap = tmp_path / "release-key.yaml"
+    configmap.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": volume["configMap"]["name"]},
+        "data": {"release.pub": key.public.read_text()}}))
+    return path, configmap
 
 
 def test_kube_play_runs_the_shipped_deployment(image: str, tmp_path: Path) -> None:
     """podman kube play of packaging/k8s/deployment.yaml, only the image swapped: the pod
     runs the launcher as PID 1 with the manifest's user, read-only root, dropped
     capabilities, memory limit and state volume, and the seeded agent answers /healthz."""
-    path = kube_manifest(image, tmp_path)
+    path, configmap = kube_manifest(image, tmp_path)
     podman("kube", "down", str(path), check=False)
     try:
-        podman("kube", "play", str(path), timeout=300)
+        podman("kube", "play", "--configmap", str(configmap), str(path), timeout=300)
         names = podman("ps", "-a", "--format", "{{.Names}}").stdout.split()
         names = [n for n in names
                  if n.startswith("nginx-manager-agent-pod-") and n.endswith("-agent")]
