@@ -96,6 +96,19 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
 
 
+def agent_health(url: str) -> dict[str, Any] | None:
+    """The agent's /healthz answer, or None while it does not answer (or is stopping)."""
+    import http.client
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+            return data
+    except (OSError, ValueError, http.client.HTTPException):  # an agent stopped mid-answer
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,15 +229,7 @@ class Launcher:
         return self.state()
 
     def health(self) -> dict[str, Any] | None:
-        import http.client
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(self.health_url, timeout=1) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-                return data
-        except (OSError, ValueError, http.client.HTTPException):  # an agent stopped mid-answer
-            return None
+        return agent_health(self.health_url)
 
     def wait_healthy(self, version: str, timeout: float = 15.0) -> dict[str, Any]:
         def ok() -> dict[str, Any] | None:

@@ -11,7 +11,6 @@ import json
 import re
 import time
 import tomllib
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import psutil
 import pytest
 import release_tool
 import yaml
-from conftest import ROOT, free_port, script_agent, wait_until
+from conftest import ROOT, agent_health, free_port, script_agent, wait_until
 from signing import Key, make_key
 
 from platforms.conftest import need_tool
@@ -51,13 +50,7 @@ class Container:
         return out.stdout + out.stderr
 
     def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz",
-                                        timeout=1) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-                return data
-        except (OSError, ValueError):
-            return None
+        return agent_health(f"http://127.0.0.1:{self.health_port}/healthz")
 
     def wait_version(self, version: str, timeout: float = 90.0) -> dict[str, Any]:
         def answered() -> dict[str, Any] | None:

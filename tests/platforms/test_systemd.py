@@ -17,7 +17,6 @@ import signal
 import subprocess
 import time
 import tomllib
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 import release_tool
-from conftest import ROOT, free_port, script_agent, wait_until
+from conftest import ROOT, agent_health, free_port, script_agent, wait_until
 from signing import Key, make_key
 
 from platforms.conftest import need_tool
@@ -63,13 +62,7 @@ class Host:
         return self.m.journal(UNIT)
 
     def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz",
-                                        timeout=1) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-                return data
-        except (OSError, ValueError):
-            return None
+        return agent_health(f"http://127.0.0.1:{self.health_port}/healthz")
 
     def wait_version(self, version: str, timeout: float = 60.0) -> dict[str, Any]:
         def answered() -> dict[str, Any] | None:
