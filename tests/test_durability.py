@@ -117,8 +117,12 @@ def test_a_bad_mark_that_could_not_be_written_is_rederived(
     assert lch.state()["phase"] == "trial", "the test needs the bad mark unwritten"
     again = launcher(lch.state_dir).start(*args, agent_args=())
     again.wait_log("marking it bad")
-    st = again.wait_state(lambda s: (s.get("child") or {}).get("state") == "running"
-                          and s.get("last_check_at") is not None, what="a check done")
+    assert again.proc is not None
+    pid = again.proc.pid
+    # The journal as this launcher wrote it (the log line comes before its first write).
+    st = again.wait_state(lambda s: s.get("launcher_pid") == pid
+                          and (s.get("child") or {}).get("state") == "running",
+                          what="the new launcher's journal")
     assert [b["version"] for b in st["bad"]] == ["0.1.1"]
     assert st["current"]["version"] == "0.1.0"
     assert "swapped in 0.1.1" not in again.log()
@@ -141,7 +145,10 @@ def test_a_torn_journal_after_a_rollback_loses_no_bad_mark(
     journal.write_bytes(journal.read_bytes()[:40])  # torn below the filesystem
     again = launcher(lch.state_dir).start(*args, agent_args=())
     again.wait_log("recovered the journal from state.json.prev")
-    st = again.wait_state(lambda s: s.get("last_check_at") is not None, what="a check done")
+    assert again.proc is not None
+    pid = again.proc.pid
+    st = again.wait_state(lambda s: s.get("launcher_pid") == pid
+                          and s.get("last_check_at") is not None, what="a check done")
     assert [b["version"] for b in st["bad"]] == ["0.1.1"]
     assert st["current"]["version"] == "0.1.0"
     assert again.stop() == 0
