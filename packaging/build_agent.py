@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import py_compile
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -57,19 +57,28 @@ def _sources(source_dir: Path, version: str) -> dict[str, bytes]:
     return files
 
 
-def _compile(name: str, source: bytes, scratch: Path) -> bytes:
-    """Bytecode for one source, its filename in tracebacks being its archive path."""
-    src = scratch / "src.py"
-    pyc = scratch / "src.pyc"
-    src.write_bytes(source)
-    py_compile.compile(
-        str(src),
-        cfile=str(pyc),
-        dfile=name,
-        doraise=True,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
-    return pyc.read_bytes()
+# marshal's output depends on the reference counts in the process that writes it, so the
+# same source compiled in two different processes can differ: every build compiles in a
+# fresh, isolated interpreter, which starts the same way every time.
+_COMPILER = (
+    "import py_compile, sys\n"
+    "args = sys.argv[1:]\n"
+    "for src, cfile, dfile in zip(args[0::3], args[1::3], args[2::3]):\n"
+    "    py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,\n"
+    "        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n"
+)
+
+
+def _compile_all(sources: dict[str, bytes], scratch: Path) -> dict[str, bytes]:
+    """Bytecode for each source, its filename in tracebacks being its archive path."""
+    args = []
+    for n, (name, source) in enumerate(sorted(sources.items())):
+        src = scratch / f"{n}.py"
+        src.write_bytes(source)
+        args += [str(src), str(scratch / f"{n}.pyc"), name]
+    subprocess.run([sys.executable, "-I", "-S", "-c", _COMPILER, *args], check=True)
+    return {name: (scratch / f"{n}.pyc").read_bytes()
+            for n, name in enumerate(sorted(sources))}
 
 
 def _entry(name: str) -> zipfile.ZipInfo:
@@ -94,9 +103,10 @@ def build_agent(
     output.parent.mkdir(parents=True, exist_ok=True)
     entries: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="build-agent-") as scratch:
-        for name, source in _sources(source_dir, version).items():
-            entries[name] = source
-            entries[name + "c"] = _compile(name, source, Path(scratch))
+        sources = _sources(source_dir, version)
+        entries.update(sources)
+        entries.update({name + "c": pyc for name, pyc in
+                        _compile_all(sources, Path(scratch)).items()})
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
     try:
         with os.fdopen(fd, "wb") as fp:
