@@ -242,6 +242,8 @@ def load(
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not UTF-8 text: {exc}") from exc
+        except ValueError as exc:  # a path the OS cannot take (an embedded NUL)
+            raise ConfigError(f"config file {config_file!r}: not a usable path: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
         known = {o.key for o in OPTIONS}

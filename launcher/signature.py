@@ -115,6 +115,8 @@ def load_public_key(path: Path) -> PublicKey:
             data = fp.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"--public-key {path}: cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a path the OS cannot take (an embedded NUL)
+        raise ConfigError(f"--public-key {path!r}: not a usable path: {exc}") from exc
     if len(data) > MAX_KEY_FILE_BYTES:
         raise ConfigError(f"--public-key {path}: larger than {MAX_KEY_FILE_BYTES} bytes, "
                           "not a minisign public key")

@@ -236,6 +236,7 @@ settings_text = st.one_of(
 @FUZZ
 @given(st.dictionaries(st.sampled_from(OPTION_KEYS), settings_text, max_size=5),
        st.dictionaries(st.sampled_from(OPTION_KEYS), settings_text, max_size=3))
+@example(flags={"public_key": "\x00"}, env={})  # was a bug: ValueError, not ConfigError
 def test_settings_raise_only_config_error(flags: dict[str, str], env: dict[str, str]) -> None:
     """Any flags and environment: Settings, or a ConfigError that names what to fix."""
     environ = {launcher_settings.ENV_PREFIX + k.upper(): v.replace("\x00", "")
