@@ -21,4 +21,6 @@ ruff check .
 echo "== mypy (strict)" >&2
 mypy
 echo "== pytest" >&2
-exec python -m pytest "$@"
+# Two workers: most tests wait on real processes and timers, not the CPU. Tests that mount
+# on the host share one worker (xdist_group "host-mounts"). PYTEST_WORKERS=0 runs serially.
+exec python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -30,6 +30,9 @@ from launcher import container
 
 SLEEP = "exec sleep 100000"
 
+# Mounts on the host (tmpfs, bind, loop): one xdist worker runs them all, one at a time.
+pytestmark = pytest.mark.xdist_group("host-mounts")
+
 
 def quiet(server: UpdateServer, lch: Launcher, **over: str) -> list[str]:
     return fast_args(server, lch, **{"--health-url": "", "--health-window": "0.5", **over})

@@ -30,6 +30,9 @@ from hostile import (
 )
 from release_server import ReleaseServer, Route
 
+# Mounts on the host (tmpfs, bind, loop): one xdist worker runs them all, one at a time.
+pytestmark = pytest.mark.xdist_group("host-mounts")
+
 
 def test_disk_full_during_download(small_fs: Path, launcher: Callable[..., Launcher],
                                    tmp_path: Path) -> None:
