@@ -174,6 +174,50 @@ class CheckRunner:
         return recheck
 
 
+def check_request(settings: dict[str, Any], state: State | None, *, stage: bool,
+                  conditional: bool) -> dict[str, Any]:
+    """What a worker needs for one check (``launcher.worker`` reads it on stdin): the
+    settings, the installed build, the bad list, the host id, what is known of manifests
+    accepted before (``trust``: serial floors, the last expiry) and, for a conditional
+    fetch, the validators of the last accepted manifest."""
+    return {
+        "trust": state.extra.get("trust") if state else None,
+        "settings": settings,
+        "current": dataclasses.asdict(state.current) if state and state.current else None,
+        "bad": [[b.version, b.sha256] for b in state.bad] if state else [],
+        "host_id": state.host_id if state else "no-host-id-yet",
+        "etag": state.etag if state and conditional else None,
+        "last_modified": state.last_modified if state and conditional else None,
+        "stage": stage,
+    }
+
+
+def record_check(state: State, result: dict[str, Any], at: str) -> State:
+    """``state`` with what a worker's result says about trust (see ``launcher.trust``):
+    ``signatures`` (required | off) and, for an accepted manifest, ``accepted`` — kept as
+    the last accepted manifest, its serial raising its key's floor, which never goes down."""
+    extra = dict(state.extra)
+    if result.get("signatures") in ("required", "off"):
+        extra["signatures"] = result["signatures"]
+    accepted = result.get("accepted")
+    if isinstance(accepted, dict):
+        trust = dict(extra.get("trust") or {})
+        serials = {k: v for k, v in dict(trust.get("serials") or {}).items()
+                   if _is_int(v)}
+        key, serial = accepted.get("key"), accepted.get("serial")
+        if isinstance(key, str) and isinstance(serial, int) and not isinstance(serial, bool):
+            serials[key] = max(serial, serials.get(key, serial))
+        trust["serials"] = serials
+        trust["accepted"] = {**{k: accepted.get(k) for k in ("version", "serial", "expires",
+                                                             "key")}, "at": at}
+        extra["trust"] = trust
+    return dataclasses.replace(state, extra=extra) if extra != state.extra else state
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def record(state: State, r: Result, now: float) -> State:
     """The journal after a check: when, what failed, the validators worth keeping.
 

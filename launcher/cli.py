@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launcher import control, permissions, settings, status
+from launcher.checks import check_request
 from launcher.errors import ConfigError, HostError, LauncherError, LockedError
-from launcher.journal import Journal, State, check_request, utc_iso
+from launcher.journal import Journal, State, utc_iso
 from launcher.lock import StateLock, holder_pid
 from launcher.redact import RedactFilter
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from launcher.errors import ChecksumError, DownloadError, HostError, TransportError
-from launcher.journal import set_mode
+from launcher.files import set_mode
 from launcher.sources.http import iter_raw_body, status_error, transport_error
 from launcher.sources.pace import SpeedWindow
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from launcher.errors import HostError
 from launcher.faults import FaultHook
-from launcher.journal import Build, State, Trial, fsync_dir, link_or_copy, set_mode, utc_iso
+from launcher.files import fsync_dir, link_or_copy, set_mode
+from launcher.journal import Build, State, Trial, utc_iso
 
 log = logging.getLogger(__name__)
 

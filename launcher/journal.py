@@ -35,16 +35,15 @@ where a link would be used, with the same guarantees.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from launcher.files import link_or_copy, read_nofollow, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -136,50 +135,6 @@ def new_state() -> State:
     return State(host_id=str(uuid.uuid4()))
 
 
-def check_request(settings: dict[str, Any], state: State | None, *, stage: bool,
-                  conditional: bool) -> dict[str, Any]:
-    """What a worker needs for one check (``launcher.worker`` reads it on stdin): the
-    settings, the installed build, the bad list, the host id, what is known of manifests
-    accepted before (``trust``: serial floors, the last expiry) and, for a conditional
-    fetch, the validators of the last accepted manifest."""
-    return {
-        "trust": state.extra.get("trust") if state else None,
-        "settings": settings,
-        "current": dataclasses.asdict(state.current) if state and state.current else None,
-        "bad": [[b.version, b.sha256] for b in state.bad] if state else [],
-        "host_id": state.host_id if state else "no-host-id-yet",
-        "etag": state.etag if state and conditional else None,
-        "last_modified": state.last_modified if state and conditional else None,
-        "stage": stage,
-    }
-
-
-def record_check(state: State, result: dict[str, Any], at: str) -> State:
-    """``state`` with what a worker's result says about trust (see ``launcher.trust``):
-    ``signatures`` (required | off) and, for an accepted manifest, ``accepted`` — kept as
-    the last accepted manifest, its serial raising its key's floor, which never goes down."""
-    extra = dict(state.extra)
-    if result.get("signatures") in ("required", "off"):
-        extra["signatures"] = result["signatures"]
-    accepted = result.get("accepted")
-    if isinstance(accepted, dict):
-        trust = dict(extra.get("trust") or {})
-        serials = {k: v for k, v in dict(trust.get("serials") or {}).items()
-                   if _is_int(v)}
-        key, serial = accepted.get("key"), accepted.get("serial")
-        if isinstance(key, str) and isinstance(serial, int) and not isinstance(serial, bool):
-            serials[key] = max(serial, serials.get(key, serial))
-        trust["serials"] = serials
-        trust["accepted"] = {**{k: accepted.get(k) for k in ("version", "serial", "expires",
-                                                             "key")}, "at": at}
-        extra["trust"] = trust
-    return dataclasses.replace(state, extra=extra) if extra != state.extra else state
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def utc_iso(ts: float | None = None) -> str:
     """RFC 3339 UTC with second precision, e.g. ``2026-11-28T00:00:00Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))
@@ -256,71 +211,6 @@ def _pid_or_none(value: Any) -> int | None:
     """A pid as the journal should hold it; anything else (a string, 0, -5) is no pid."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
         else None
-
-
-def read_nofollow(path: Path) -> bytes:
-    """The file's bytes; a symlink at ``path`` is refused (``permissions.open_nofollow``)."""
-    from launcher.permissions import open_nofollow
-
-    fd = open_nofollow(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# What link(2) and chmod(2) answer on filesystems that have no hard links or no modes.
-UNSUPPORTED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
-
-
-def set_mode(path: Path | str, mode: int) -> None:
-    """chmod, tolerated where the filesystem has no modes (vfat) as long as the execute
-    bits asked for are there already."""
-    try:
-        os.chmod(path, mode)
-    except OSError as exc:
-        if exc.errno not in UNSUPPORTED:
-            raise
-        if os.stat(path).st_mode & mode & 0o111 != mode & 0o111:
-            raise
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` (a new name) hold what ``src`` holds: a hard link, or where the
-    filesystem has none, a copy that is on disk (fsynced) before this returns."""
-    try:
-        os.link(src, dst)
-        return
-    except OSError as exc:
-        if exc.errno not in UNSUPPORTED:
-            raise
-    with src.open("rb") as fin, open(dst, "xb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
-        fout.flush()
-        os.fsync(fout.fileno())
-    set_mode(dst, os.stat(src).st_mode & 0o7777)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so a reader sees either the old or the new bytes, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        set_mode(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class Journal:

@@ -26,7 +26,7 @@ from launcher import reload as live_config
 from launcher import seed as seeding
 from launcher.child import agent_environ
 from launcher.errors import ConfigError
-from launcher.journal import Build, State, check_request, new_state, record_check
+from launcher.journal import Build, State, new_state
 from launcher.keeper import AgentKeeper, stop_survivor
 from launcher.lock import StateLock
 from launcher.reaper import decode_status, signal_name
@@ -71,7 +71,10 @@ class Supervisor:
             can_take_result=lambda: res.state.phase != "trial" and not res.stopping,
             on_result=self._on_result, on_scheduled=self._on_scheduled,
             rng=rng or random.Random(), parent=res.pid)
-        self.watcher = Watcher(res.loop, env, res.pid, self._on_file_changed)
+        self.watcher = Watcher(res.loop, env, res.pid,
+                               lambda p: self.config.changed(p))  # noqa: PLW0108 (made below)
+        self.config = live_config.LiveConfig(res, self.watcher,
+                                             self.config_file if reload else None, reload)
         self.updates = Updates(res, self._start_agent, self._exit)
         self.loop = res.loop
         self.loop.on_signal = self._on_signal
@@ -129,11 +132,11 @@ class Supervisor:
         if res.reaper.stop_requested():
             return
         try:
-            self.control = control.ControlServer(s.state_dir, self._on_command, self.loop)
+            self.control = control.ControlServer(s.state_dir, self.updates.command, self.loop)
         except OSError as exc:
             log.warning("control socket unavailable (%s); rollback/unblock need the launcher "
                         "stopped", exc)
-        self.watcher.watch(self._watch_paths())
+        self.watcher.watch(self.config.paths())
         if res.state.phase == "trial":
             self.updates.resume_trial()
         if res.state.current is not None and not self.keeper.running \
@@ -253,7 +256,8 @@ class Supervisor:
     def _check_request(self) -> dict[str, Any]:
         """The worker's request; the source token travels in it (over the worker's stdin),
         never in the worker's environment, which other processes of this user can read."""
-        request = check_request(self.s.for_worker(), self.state, stage=True, conditional=True)
+        request = checks.check_request(self.s.for_worker(), self.state, stage=True,
+                                       conditional=True)
         if token := self.res.env.get("GITHUB_TOKEN"):
             request["settings"] = {**request["settings"], "github_token": token}
         return request
@@ -264,7 +268,7 @@ class Supervisor:
     def _on_result(self, r: checks.Result) -> None:
         if r.get("outcome") == "fault":  # power-loss tests, as PID 1: faults.worker_fault
             self.res.fault(str(r.get("point")))
-        self.res.save(record_check(checks.record(self.state, r, self.res.wall()), r,
+        self.res.save(checks.record_check(checks.record(self.state, r, self.res.wall()), r,
                                    self.res.now_iso()))
         if r.get("outcome") == "error":
             failures = self.state.consecutive_failures
@@ -275,62 +279,6 @@ class Supervisor:
         else:
             self.checks.schedule(0.0 if self.checks.take_recheck() else
                                  self.checks.poll_delay())
-
-    # ---- operator commands ----------------------------------------------------------
-
-    def _on_command(self, request: dict[str, object]) -> dict[str, object]:
-        cmd = request.get("cmd")
-        if cmd == "rollback":
-            refusal = install.rollback_refusal(self.state, self.s.bin_dir, self.res.shas)
-            if refusal is not None:
-                return {"ok": False, "refused": True, "error": refusal}
-            failed = self.state.current
-            assert failed is not None
-            self.updates.rollback("rolled back by the operator")
-            return {"ok": True, "message": f"rolled back from {failed.version} to "
-                    f"{self.res.version()}; {failed.version} is blocked until unblocked"}
-        if cmd == "unblock":
-            version = str(request.get("version"))
-            self.checks.epoch += 1
-            state, n = control.unblock(self.state, version)
-            self.res.save(state)
-            return {"ok": True, "message": f"unblocked {n} build(s) of {version}"}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
-
-    # ---- watched files and config reload ------------------------------------------
-
-    def _watch_paths(self) -> list[str]:
-        return live_config.watch_paths(self.s, self.config_file if self.reload else None)
-
-    def _on_file_changed(self, path: str) -> None:
-        if self.config_file is not None and path == str(self.config_file):
-            self._reload_settings()
-        elif path in self._watch_paths() and self.s.manifest_url:
-            log.info("%s changed: checking now", path)
-            self.checks.soon()
-
-    def _reload_settings(self) -> None:
-        assert self.reload is not None
-        try:
-            new, changed = live_config.merge(self.s, self.reload())
-        except ConfigError as exc:
-            log.error("config reload refused, keeping the running settings: %s", exc)
-            return
-        if not changed:
-            return
-        log.info("config reloaded: %s changed", ", ".join(changed))
-        source_changed = new.manifest_url != self.s.manifest_url
-        self.res.s = new
-        if source_changed:
-            self.checks.epoch += 1
-            self.res.save(dataclasses.replace(self.state, etag=None, last_modified=None))
-        self.watcher.watch(self._watch_paths())
-        if not self.s.manifest_url:
-            self.checks.cancel()
-        elif self.checks.worker is not None:
-            self.checks.recheck = self.checks.recheck or source_changed
-        elif self.state.phase != "trial":
-            self.checks.schedule(0.0 if source_changed else self.checks.poll_delay())
 
     def _compare(self, a: str, b: str) -> int | None:
         order = self.res.compare(a, b)

@@ -1,4 +1,5 @@
-"""The update machine: swap a verified build in, run its trial, commit it or roll it back.
+"""The update machine: swap a verified build in, run its trial, commit it or roll it back;
+and the operator's commands that act on it (``rollback``, ``unblock``).
 
 It owns the trial judge (``launcher.trial``) and its timer (``trial.tick``). Every way a
 trial ends goes through ``_act``: commit, or roll back (or, with no other build to go back
@@ -208,3 +209,25 @@ class Updates:
             res.keeper.reset_backoff()
             self.start_agent()
         res.checks.resume()
+
+    # ---- operator commands (over the control socket) ------------------------------------
+
+    def command(self, request: dict[str, object]) -> dict[str, object]:
+        res = self.res
+        cmd = request.get("cmd")
+        if cmd == "rollback":
+            refusal = install.rollback_refusal(res.state, res.s.bin_dir, res.shas)
+            if refusal is not None:
+                return {"ok": False, "refused": True, "error": refusal}
+            failed = res.state.current
+            assert failed is not None
+            self.rollback("rolled back by the operator")
+            return {"ok": True, "message": f"rolled back from {failed.version} to "
+                    f"{res.version()}; {failed.version} is blocked until unblocked"}
+        if cmd == "unblock":
+            version = str(request.get("version"))
+            res.checks.epoch += 1
+            state, n = control.unblock(res.state, version)
+            res.save(state)
+            return {"ok": True, "message": f"unblocked {n} build(s) of {version}"}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -185,14 +185,14 @@ class ResidentModel(RuleBasedStateMachine):
     @precondition(lambda self: self.running)
     @rule()
     def the_operator_rolls_back(self) -> None:
-        answer = self.sup._on_command({"cmd": "rollback"})
+        answer = self.sup.updates.command({"cmd": "rollback"})
         assert answer["ok"] or answer.get("refused"), answer
 
     @precondition(lambda self: self.running and bool(self.sup.state.bad))
     @rule(data=st.data())
     def the_operator_unblocks(self, data: st.DataObject) -> None:
         bad = data.draw(st.sampled_from([b.version for b in self.sup.state.bad]))
-        assert self.sup._on_command({"cmd": "unblock", "version": bad})["ok"]
+        assert self.sup.updates.command({"cmd": "unblock", "version": bad})["ok"]
 
     @precondition(lambda self: self.running)
     @rule()

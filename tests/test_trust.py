@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from launcher import trust
+from launcher.checks import record_check
 from launcher.errors import ExpiredError, ManifestError, RollbackError
-from launcher.journal import from_dict, new_state, record_check, to_json
+from launcher.journal import from_dict, new_state, to_json
 from launcher.manifest import Manifest, parse_manifest
 
 SHA = "a" * 64
