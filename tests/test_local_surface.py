@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Launcher, run_cli, script_agent, unavailable, wait_until
+from conftest import ROOT, Launcher, run_cli, script_agent, unavailable, wait_until
 
 SLEEP = "exec sleep 100000"
 LAUNCHER = str(Path(sys.executable).parent / "nginx-manager-launcher")
@@ -25,21 +25,25 @@ LAUNCHER = str(Path(sys.executable).parent / "nginx-manager-launcher")
 
 @pytest.fixture(scope="module")
 def nobody_launcher() -> Iterator[list[str]]:
-    """``nginx-manager-launcher`` as another user can run it: this venv's interpreter may sit
-    in a directory only root can enter, so a venv on Debian's own python3 that reads this
-    venv's packages (a .pth line) stands in for an installed launcher."""
+    """``nginx-manager-launcher`` as another user can run it, wherever this checkout is: this
+    venv's interpreter may sit in a directory only root can enter, so the resident's code
+    (the launcher and agent packages and psutil, all it imports) is copied into a venv on
+    Debian's own python3 under /var/tmp, as an installed launcher would be."""
+    import psutil as psutil_pkg
+
     base = shutil.which("python3", path="/usr/bin")
     if base is None or os.geteuid() != 0:
         unavailable("Debian's /usr/bin/python3 and root are needed to act as another user")
     venv = Path("/var/tmp") / f"nma-nobody-venv-{uuid.uuid4().hex[:8]}"
     subprocess.run([base or "", "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python3*/site-packages"))
-    ours = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
-    (site / "nma-test.pth").write_text(f"import site; site.addsitedir({str(ours)!r})\n")
+    for package in (ROOT / "launcher", ROOT / "agent", Path(psutil_pkg.__file__).parent):
+        shutil.copytree(package, site / package.name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     cmd = [str(venv / "bin" / "python"), "-m", "launcher"]
     probe = as_nobody(*cmd, "--help", cwd="/")
     if probe.returncode != 0:
-        unavailable(f"another user cannot run the launcher from this checkout: {probe.stderr}")
+        unavailable(f"another user cannot run the launcher: {probe.stderr}")
     yield cmd
     shutil.rmtree(venv, ignore_errors=True)
 
