@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -81,6 +82,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+MS_RDONLY, MS_REMOUNT, MS_BIND = 1, 32, 4096
+
+
+def bind_over(path: Path, *, read_only: bool) -> None:
+    """``path`` bind-mounted over itself, then made read-only (or read-write), with mount(2)
+    itself: mount(8) would look the new mount up again in the mount table, which tests of
+    another run may be changing at that instant."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    target = str(path).encode()
+    flags = MS_REMOUNT | MS_BIND | (MS_RDONLY if read_only else 0)
+    for source, how in ((target, MS_BIND), (None, flags)):
+        if libc.mount(source, target, None, how, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mount {path} (flags {how:#x}): {os.strerror(err)}")
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from conftest import (
     ROOT,
     Launcher,
     UpdateServer,
+    bind_over,
     fast_args,
-    mount,
     run_cli,
     script_agent,
     unavailable,
@@ -86,13 +86,11 @@ def journal_read_only(state_dir: Path) -> Iterator[None]:
     """The state dir turns read-only (journal writes fail with EROFS) while ``bin/`` stays
     writable: a read-only bind mount of the state dir with ``bin/`` mounted rw on top."""
     try:
-        mount("--bind", str(state_dir), str(state_dir))
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        bind_over(state_dir, read_only=True)
+    except OSError as exc:
         unavailable(f"cannot bind-mount here: {exc}")
     try:
-        mount("-o", "remount,bind,ro", str(state_dir))
-        mount("--bind", str(state_dir / "bin"), str(state_dir / "bin"))
-        mount("-o", "remount,bind,rw", str(state_dir / "bin"))
+        bind_over(state_dir / "bin", read_only=False)
         yield
     finally:
         for target in (state_dir / "bin", state_dir):
@@ -261,9 +259,8 @@ def test_a_rollback_that_cannot_rename_keeps_the_launcher_up(
                         and (s.get("child") or {}).get("state") == "running",
                         timeout=30, what="0.1.1 running on trial")
     try:
-        mount("--bind", str(lch.state_dir), str(lch.state_dir))
-        mount("-o", "remount,bind,ro", str(lch.state_dir))
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        bind_over(lch.state_dir, read_only=True)
+    except OSError as exc:
         unavailable(f"cannot bind-mount here: {exc}")
     try:
         marker.touch()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, Launcher, mount, unavailable, wait_until
+from conftest import ROOT, Launcher, bind_over, mount, unavailable, wait_until
 from hostile import (
     agent_pid,
     assert_untouched,
@@ -63,11 +63,10 @@ def read_only(path: Path) -> Iterator[None]:
     """``path`` becomes read-only for every new lookup (a read-only bind mount over itself),
     even while a process holds files in it open for writing, as a remount would not allow."""
     try:
-        mount("--bind", str(path), str(path))
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        bind_over(path, read_only=True)
+    except OSError as exc:
         unavailable(f"cannot bind-mount here: {exc}")
     try:
-        mount("-o", "remount,bind,ro", str(path))
         yield
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True, capture_output=True)

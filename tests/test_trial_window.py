@@ -116,7 +116,8 @@ def test_a_failed_trial_with_nothing_to_roll_back_to_keeps_the_host_updatable(
     lch.proc.wait(30)
     again = launcher(lch.state_dir).start(*args, agent_args=())
     again.wait_log("cannot roll back from 0.1.1")
-    st = again.state()
+    # The line is logged before the journal is written: wait for the journal.
+    st = again.wait_state(lambda s: bool(s.get("bad")), what="the bad mark journaled")
     assert [b["version"] for b in st["bad"]] == ["0.1.1"]
     server.publish("0.1.2", script_agent(tmp_path / "a2", "0.1.2", "exec sleep 100000"))
     st = again.wait_state(lambda s: s.get("phase") == "committed"
