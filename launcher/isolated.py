@@ -14,12 +14,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from launcher.child import agent_environ, child_environ, run_capture
+from launcher.child import agent_environ, run_capture
 from launcher.errors import HostError
+from launcher.faults import FAULT_ENV
 from launcher.reaper import Reaper
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4  # 0: the helper's /proc files (environ, fd, mem) are root's only
 
 # Runs before the helper's module: leave the launcher's working directory for /, die with
 # the parent (checked after arming, since the parent may have died first), then run the
@@ -30,6 +32,7 @@ _BOOT = (
     "p=int(sys.argv.pop(1));"
     "ctypes.CDLL(None).prctl({pdeath},signal.SIGKILL,0,0,0);"
     "os.getppid()==p or os._exit(1);"
+    "ctypes.CDLL(None).prctl({dumpable},0,0,0,0);"
     "sys.path.insert(0,{root!r});"
     "m=sys.argv.pop(1);sys.argv[0]=m;"
     "runpy.run_module(m,run_name='__main__',alter_sys=True)"
@@ -38,7 +41,7 @@ _BOOT = (
 
 def argv(module: str, *args: str, parent: int) -> list[str]:
     """``python -I -c BOOT PARENT_PID MODULE ARGS...``."""
-    boot = _BOOT.format(pdeath=PR_SET_PDEATHSIG, root=PACKAGE_ROOT)
+    boot = _BOOT.format(pdeath=PR_SET_PDEATHSIG, dumpable=PR_SET_DUMPABLE, root=PACKAGE_ROOT)
     return [sys.executable, "-I", "-c", boot, str(parent), module, *args]
 
 
@@ -54,9 +57,13 @@ def environ(base: Mapping[str, str]) -> dict[str, str]:
 
 
 def worker_environ(base: Mapping[str, str]) -> dict[str, str]:
-    """The update check's environment: the settings variables, but no source token (that
-    reaches the worker in its request, on stdin)."""
-    return {k: v for k, v in child_environ(base).items() if k != "GITHUB_TOKEN"}
+    """The update check's environment: no source token and no settings variables (a URL in
+    one may carry credentials); both reach the worker in its request, on stdin. Only the
+    test-only fault point is kept."""
+    env = agent_environ(base)
+    if FAULT_ENV in base:
+        env[FAULT_ENV] = base[FAULT_ENV]
+    return env
 
 
 def shas(paths: Sequence[Path], reaper: Reaper, env: Mapping[str, str],

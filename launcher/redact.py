@@ -15,10 +15,10 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
-# A URL as it appears inside a message: a scheme, optional userinfo, an optional IPv6 literal
-# host, then anything up to white space, a quote or a bracket (which messages use to set the
-# URL off).
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s'\"<>(){}\[\]/?#@]*@)?"
+# A URL as it appears inside a message: a scheme, optional userinfo (which may hold quotes,
+# parentheses and brackets: RFC 3986's sub-delims), an optional IPv6 literal host, then
+# anything up to white space, a quote or a bracket (which messages use to set the URL off).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s/?#@]*@)?"
                   r"(?:\[[0-9A-Fa-f:.%a-z]+\])?[^\s'\"<>(){}\[\]]*")
 
 

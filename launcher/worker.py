@@ -114,6 +114,11 @@ def _check(
         # Validators with no record of what they validate (a journal from before trust was
         # kept): a 304 could not be checked for expiry, so fetch in full.
         validators = Validators()
+    if validators and str(trusted.accepted(trust).get("key")) not in _configured_keys(s):
+        # What the validators stand for was accepted under a key no longer trusted (rotated
+        # out, compromised) or unsigned while signatures are now required: a 304 must not
+        # keep it. Fetch in full, so the signature is checked again.
+        validators = Validators()
     source = _source(s, client)
     fetched: FetchResult = source.fetch(validators)
     moment = now() if now else _utcnow()
@@ -226,6 +231,16 @@ def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> _Keys:
     log.info("manifest signature verified with key %s (trusted comment: %s)", key.id_hex,
              comment)
     return _Keys(key.id_hex, tuple(k.id_hex for k in keys))
+
+
+def _configured_keys(s: dict[str, Any]) -> set[str]:
+    """Key ids a manifest may be accepted under now ("unsigned" when signatures are off)."""
+    paths = s.get("public_keys") or ()
+    if not paths:
+        return {trusted.UNSIGNED}
+    from launcher import signature
+
+    return {signature.load_public_key(Path(p)).id_hex for p in paths}
 
 
 def _utcnow() -> Any:

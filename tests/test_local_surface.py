@@ -225,3 +225,15 @@ def test_an_offline_rollback_as_root_leaves_files_the_service_can_write(
         proc.terminate()
         _, err = proc.communicate(timeout=15)
     assert "cannot write" not in err, err
+
+
+def test_a_worker_gets_no_settings_variables_nor_the_token() -> None:
+    """*unit*: the worker's settings and token come on its stdin; its environment (readable by
+    the agent's user while it runs) holds neither, a manifest URL's credentials included.
+    (Found by review.)"""
+    from launcher import isolated
+
+    env = isolated.worker_environ({"NGINX_MANAGER_MANIFEST_URL": "https://u:s3cret@h/v.json",
+                                   "GITHUB_TOKEN": "t", "PATH": "/bin",
+                                   "NGINX_MANAGER_FAULT_POINT": "staged"})
+    assert env == {"PATH": "/bin", "NGINX_MANAGER_FAULT_POINT": "staged"}

@@ -228,3 +228,36 @@ def test_manifest_for_another_channel_is_refused(key: Key, tmp_path: Path) -> No
         serve(srv, signed_manifest(srv, "0.3.0", binary, key, serial=4))
         assert worker_check(srv, tmp_path, (key.public,), channel="beta").error_kind == \
             "manifest"
+
+
+def test_a_304_cannot_keep_a_manifest_accepted_under_a_key_no_longer_trusted(
+        tmp_path: Path) -> None:
+    """*unit*: accepted unsigned, or under a key since dropped (rotated out, compromised):
+    the validators are not sent, so a mirror's 304 cannot keep that manifest; the manifest is
+    fetched in full and its signature checked again. (Found by review.)"""
+    import httpx
+
+    from launcher.sources.http import make_client
+    from launcher.worker import run_check
+
+    new = make_key(tmp_path, "new")
+    conditional: list[bool] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        conditional.append("If-None-Match" in request.headers)
+        return httpx.Response(304) if conditional[-1] else httpx.Response(500)
+
+    client = make_client(transport=httpx.MockTransport(handler))
+    for old_key in ("unsigned", "AAAAAAAAAAAAAAAA"):
+        trust = {"serials": {old_key: 5}, "accepted": {
+            "version": "0.9.0", "serial": 5, "key": old_key, "expires": "2099-01-01T00:00:00Z"}}
+        request = {"settings": {"manifest_url": "https://h/version.json",
+                                "public_keys": [str(new.public)], "platform": "linux-amd64",
+                                "max_binary_bytes": 1 << 20, "download_deadline_s": 10,
+                                "min_speed_bps": 1},
+                   "trust": trust, "current": {"version": "0.9.0", "sha256": "0" * 64},
+                   "bad": [], "host_id": "h", "etag": '"e1"', "last_modified": None,
+                   "stage": False}
+        result = run_check(request, client=client)
+        assert conditional[-1] is False, "the validators were sent"
+        assert result.outcome == "error", result

@@ -102,3 +102,14 @@ def test_a_traceback_in_a_log_line_is_redacted_too() -> None:
     assert "RuntimeError: GET https://***@h/v.json?token=*** broke" in text
     assert "crashed at https://h/x?sig=***" in text
     assert_clean(text, "a logged traceback")
+
+
+def test_userinfo_with_quotes_and_parentheses_is_masked() -> None:
+    """RFC 3986 lets userinfo hold sub-delims: ( ) ' and the like. (Found by review.)"""
+    from launcher.redact import redact
+
+    for url in ("https://user:s3c(ret@host/v.json", "https://user:pa'ss@host/v.json",
+                "http://user:p)a[ss@127.0.0.1:8080/v.json"):
+        out = redact(f"GET {url} failed: HTTP 500")
+        assert "s3c" not in out and "pa'ss" not in out and "p)a" not in out, out
+        assert "***@" in out
