@@ -29,7 +29,7 @@ import httpx
 from launcher.errors import ChecksumError, DownloadError, HostError, TransportError
 from launcher.files import set_mode
 from launcher.sources.http import iter_raw_body, status_error, transport_error
-from launcher.sources.pace import SpeedWindow
+from launcher.sources.pace import SpeedWindow, alarm
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ class _Transfer:
         announced: int | None = None
         in_body = False
         try:
-            with client.stream("GET", self.url, timeout=timeout) as response:
+            with alarm(self.deadline_s - (self.clock() - self.start), self._late), \
+                    client.stream("GET", self.url, timeout=timeout) as response:
                 if not response.is_success:
                     raise status_error("download of", response, lambda: datetime.now(UTC))
                 announced = self._announced_length(response)
@@ -259,6 +260,10 @@ class _Transfer:
                 f"download of {self.url} too slow: {speed:.0f} B/s over the last"
                 f" {self.speed_window_s:g}s (minimum {self.min_speed_bps:g} B/s)"
             )
+
+    def _late(self) -> DownloadError:
+        return DownloadError(f"download of {self.url} exceeded its deadline of "
+                             f"{self.deadline_s:g}s ({self.received} bytes received)")
 
     def _truncated(self, wanted: int) -> DownloadError:
         return DownloadError(f"truncated download: got {self.received} of {wanted} bytes")

@@ -8,7 +8,8 @@
 Behaviours: ``normal`` (Content-Length), ``close`` (no Content-Length, the body ends when the
 connection closes), ``truncate`` (announces ``declared_length`` and closes early), ``trickle``
 (``chunk_bytes`` every ``interval_s``), ``endless`` (bytes until the client goes away),
-``stall`` (headers, then nothing). ``Route.redirect`` answers with a Location. ETag and
+``stall`` (headers, then nothing), ``trickle-headers`` (a status line, then one header byte
+every ``interval_s``, for ever). ``Route.redirect`` answers with a Location. ETag and
 Last-Modified are sent and answered with 304 when the request's validators match.
 Every request is recorded in ``server.requests``.
 
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import trustme
 
-Behaviour = Literal["normal", "close", "truncate", "trickle", "endless", "stall"]
+Behaviour = Literal["normal", "close", "truncate", "trickle", "endless", "stall",
+                    "trickle-headers"]
 
 
 @dataclass
@@ -169,6 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _serve(self, route: Route, stopping: threading.Event) -> None:
+        if route.behaviour == "trickle-headers":  # a status line, then a header byte at a time
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            while not stopping.wait(route.interval_s):
+                self.wfile.write(b"X")
+            return
         self.send_response(route.status)
         for name, value in route.headers.items():
             self.send_header(name, value)

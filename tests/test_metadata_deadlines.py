@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,12 @@ from release_server import ReleaseServer, Route
 from signing import make_key, sign
 
 from launcher import worker
-from launcher.errors import TransportError
+from launcher.download import download
+from launcher.errors import DownloadError, TransportError
 from launcher.settings import Settings
 from launcher.sources.github import GitHubSource
 from launcher.sources.http import HttpSource, make_client
+from launcher.sources.pace import alarm
 
 SHA = "a" * 64
 REPO = "acme/agent"
@@ -62,7 +65,9 @@ def test_stalled_manifest_hits_its_deadline(tmp_path: Path) -> None:
     with ReleaseServer() as srv:
         srv.publish("/version.json", Route(body=manifest(srv), behaviour="stall"))
         result, took = run(srv, tmp_path, allow_unsigned=True)
-    assert result.error_kind == "transport" and "timed out" in str(result.error), result
+    assert result.error_kind == "transport", result
+    # The read timeout and the deadline's alarm are both 1 s: either may end it first.
+    assert "timed out" in str(result.error) or "exceeded its deadline" in str(result.error)
     assert took < 3.0
 
 
@@ -77,6 +82,66 @@ def test_trickled_signature_hits_its_deadline(tmp_path: Path) -> None:
     assert "signature request to" in str(result.error)
     assert "exceeded its deadline of 1s" in str(result.error)
     assert took < 3.0
+
+
+def slow_headers() -> Route:
+    """A status line, then a header byte every 0.3 s: each read succeeds, none completes."""
+    return Route(behaviour="trickle-headers", interval_s=0.3)
+
+
+def test_trickled_manifest_headers_hit_the_deadline(tmp_path: Path) -> None:
+    """httpx reads the status line and headers itself, one read timeout per byte: the
+    deadline must end the request there too, not only between reads of the body."""
+    with ReleaseServer() as srv:
+        srv.publish("/version.json", slow_headers())
+        result, took = run(srv, tmp_path, allow_unsigned=True)
+    assert result.error_kind == "transport", result
+    assert "manifest request to" in str(result.error)
+    assert "exceeded its deadline of 1s (no complete answer)" in str(result.error)
+    assert took < 3.0
+
+
+def test_trickled_signature_headers_hit_the_deadline(tmp_path: Path) -> None:
+    key = make_key(tmp_path / "keys", "release")
+    with ReleaseServer() as srv:
+        srv.publish("/version.json", Route(body=manifest(srv)))
+        srv.publish("/version.json.minisig", slow_headers())
+        result, took = run(srv, tmp_path, public_keys=(key.public,))
+    assert result.error_kind == "transport", result
+    assert "signature request to" in str(result.error)
+    assert "exceeded its deadline of 1s" in str(result.error)
+    assert took < 3.0
+
+
+def test_trickled_binary_headers_hit_the_deadline(tmp_path: Path) -> None:
+    with ReleaseServer() as srv, make_client(allow_http=True) as client:
+        srv.publish("/bin/agent", slow_headers())
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match="exceeded its deadline of 1s"):
+            download(client, srv.url("/bin/agent"), tmp_path, expected_sha256=SHA,
+                     expected_size=None, deadline_s=1.0)
+    assert time.monotonic() - started < 3.0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_deadline_alarm_leaves_an_outer_one_armed() -> None:
+    """Nested deadlines: the inner block restores the outer alarm with what is left of it;
+    the outermost block gives back whatever was armed before it (pytest-timeout's alarm)."""
+    handler = signal.getsignal(signal.SIGALRM)
+    before, _ = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="outer"), \
+            alarm(0.6, lambda: TransportError("outer")):
+        with alarm(5.0, lambda: TransportError("inner")):
+            pass
+        time.sleep(2.0)
+    assert time.monotonic() - started < 1.5
+    assert signal.getsignal(signal.SIGALRM) == handler
+    after, _ = signal.getitimer(signal.ITIMER_REAL)
+    if before == 0:
+        assert after == 0
+    else:
+        assert before - 2.0 < after < before
 
 
 def test_minimum_speed_applies_to_metadata(tmp_path: Path) -> None:
@@ -103,14 +168,18 @@ def release_json(srv: ReleaseServer, sums: bool) -> bytes:
     return json.dumps({"tag_name": "v0.1.2", "assets": assets, "body": "n" * 2000}).encode()
 
 
+@pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])
 @pytest.mark.parametrize("slow", ["API answer", "SHA256SUMS"])
-def test_github_metadata_has_deadlines(slow: str) -> None:
+def test_github_metadata_has_deadlines(slow: str, headers_too: bool) -> None:
+    def slowly(body: bytes) -> Route:
+        return slow_headers() if headers_too else trickle(body)
+
     with ReleaseServer() as srv:
         api = release_json(srv, sums=slow == "SHA256SUMS")
         path = f"/repos/{REPO}/releases/latest"
         sums = f"{hashlib.sha256(b'x').hexdigest()}  agent-linux-amd64\n".encode() * 40
-        srv.publish(path, trickle(api) if slow == "API answer" else Route(body=api))
-        srv.publish("/dl/SHA256SUMS", trickle(sums))
+        srv.publish(path, slowly(api) if slow == "API answer" else Route(body=api))
+        srv.publish("/dl/SHA256SUMS", slowly(sums))
         with make_client(allow_http=True) as client:
             source = GitHubSource(REPO, client=client, platform="linux-amd64",
                                   api_url=srv.url(""), deadline_s=1.0)

@@ -209,8 +209,9 @@ class GitHubSource:
             headers["If-Modified-Since"] = validators.last_modified
         pace = metadata_pace(f"GitHub API request to {self.url}", *self._limits)
         try:
-            with self._client.stream("GET", self.url, headers=headers,
-                                     timeout=pace.timeout(self._client.timeout)) as response:
+            with pace.deadline(), self._client.stream(
+                    "GET", self.url, headers=headers,
+                    timeout=pace.timeout(self._client.timeout)) as response:
                 received = Validators(etag=response.headers.get("etag"),
                                       last_modified=response.headers.get("last-modified"))
                 if response.status_code == 304 and validators:
@@ -284,8 +285,8 @@ class GitHubSource:
         """A small asset (never the binary), without the token, read up to ``limit``."""
         pace = metadata_pace(f"download of {what} from {url}", *self._limits)
         try:
-            with self._client.stream("GET", url,
-                                     timeout=pace.timeout(self._client.timeout)) as response:
+            with pace.deadline(), self._client.stream(
+                    "GET", url, timeout=pace.timeout(self._client.timeout)) as response:
                 if not response.is_success:
                     raise status_error("download of", response,
                                        lambda: datetime.fromtimestamp(self._now(), UTC))

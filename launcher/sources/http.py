@@ -257,8 +257,9 @@ class HttpSource:
             headers["If-Modified-Since"] = validators.last_modified
         pace = self._pace(f"manifest request to {self.url}")
         try:
-            with self._client.stream("GET", self.url, headers=headers,
-                                     timeout=pace.timeout(self._client.timeout)) as response:
+            with pace.deadline(), self._client.stream(
+                    "GET", self.url, headers=headers,
+                    timeout=pace.timeout(self._client.timeout)) as response:
                 return self._answer(response, validators, pace)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise transport_error(self.url, exc) from exc
@@ -294,8 +295,8 @@ class HttpSource:
         url = str(parts.copy_with(path=parts.path + ".minisig"))
         pace = self._pace(f"signature request to {url}")
         try:
-            with self._client.stream("GET", url,
-                                     timeout=pace.timeout(self._client.timeout)) as response:
+            with pace.deadline(), self._client.stream(
+                    "GET", url, timeout=pace.timeout(self._client.timeout)) as response:
                 if response.status_code in (404, 410):
                     raise SignatureError(f"missing signature: GET {url} answered "
                                          f"{response.status_code}")

@@ -4,14 +4,21 @@ httpx timeouts bound each read, not a transfer: a server trickling a byte a seco
 times out on its own. :class:`Pace` is checked between reads (the manifest, its signature,
 the GitHub API answer, ``SHA256SUMS`` and, through ``launcher.download``, the binary), and
 caps each read's timeout at the deadline and at the speed window, so a server that sends
-nothing at all is caught within one of them too.
+nothing at all is caught within one of them too. Between reads of the *body* is not enough:
+httpx reads the status line and headers on its own, one read timeout per byte if the server
+trickles them, so :meth:`Pace.deadline` also arms a real-time alarm (``SIGALRM``) around the
+whole request, which ends a blocking read at the deadline whatever httpx is doing.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 import httpx
 
@@ -87,3 +94,41 @@ class Pace:
         if speed is not None and speed < self.min_speed_bps:
             raise self.error(f"{self.what} too slow: {speed:.0f} B/s over the last "
                              f"{self.speed_window_s:g}s (minimum {self.min_speed_bps:g} B/s)")
+
+    def deadline(self) -> contextlib.AbstractContextManager[None]:
+        """Raise this pace's error once its deadline passes, even inside a blocking read."""
+        remaining = self.deadline_s - (self.clock() - self.start)
+        return alarm(remaining, lambda: self.error(
+            f"{self.what} exceeded its deadline of {self.deadline_s:g}s (no complete answer)"))
+
+
+@contextlib.contextmanager
+def alarm(seconds: float, error: Callable[[], BaseException]) -> Iterator[None]:
+    """Raise ``error()`` in the block once ``seconds`` of real time have passed.
+
+    A real-time alarm (``SIGALRM``) interrupts a blocking read wherever it is, the status line
+    and headers included. It works only in the main thread (where the worker runs); elsewhere
+    this is a no-op and the checks between reads remain. An alarm already armed around this
+    block is re-armed with what is left of it when the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        raise error()
+
+    entered = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, expire)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        try:  # an alarm at this very instant raises here, and still restores below
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+            if outer > 0:
+                left = outer - (time.monotonic() - entered)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
