@@ -191,11 +191,12 @@ def test_github_metadata_has_deadlines(slow: str, headers_too: bool) -> None:
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])
 def test_trickled_manifest_through_the_launcher(launcher: Callable[..., Launcher],
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, headers_too: bool) -> None:
     """The agent runs on; the check fails on time, with ``transport:``, again and again."""
     with ReleaseServer() as srv:
-        srv.publish("/version.json", trickle(manifest(srv)))
+        srv.publish("/version.json", slow_headers() if headers_too else trickle(manifest(srv)))
         lch = launcher()
         args = quick_args(srv.url("/version.json"), sleeper(tmp_path, "0.1.0"),
                           **{"--metadata-deadline": "0.5"})
