@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -196,34 +197,48 @@ def test_seeding_is_idempotent_and_version_aware(build: Callable[[str], Path],
         return subprocess.run([str(volume / "bin" / "agent"), "--version"], capture_output=True,
                               text=True, check=True).stdout.strip()
 
-    for_seconds = 1.5
-    assert "installed seed binary" in run_briefly(volume, build("0.1.0"), for_seconds)
+    assert "installed seed binary" in run_briefly(volume, build("0.1.0"))
     assert installed() == "0.1.0"
-    assert "installed seed binary" not in run_briefly(volume, build("0.1.0"), for_seconds)
-    assert "installed seed binary" in run_briefly(volume, build("0.1.1"), for_seconds)
+    assert "installed seed binary" not in run_briefly(volume, build("0.1.0"))
+    assert "installed seed binary" in run_briefly(volume, build("0.1.1"))
     assert installed() == "0.1.1"
-    log = run_briefly(volume, build("0.1.0"), for_seconds)
+    log = run_briefly(volume, build("0.1.0"))
     assert "keeping 0.1.1 from the state dir (seed is 0.1.0)" in log
     assert installed() == "0.1.1"
     agent = volume / "bin" / "agent"
     agent.write_bytes(agent.read_bytes()[:100])
-    log = run_briefly(volume, build("0.1.1"), for_seconds)
+    log = run_briefly(volume, build("0.1.1"))
     assert "installed seed binary" in log
     assert installed() == "0.1.1"
 
 
-def run_briefly(volume: Path, seed: Path, seconds: float) -> str:
-    """Run the launcher in container mode for ``seconds``, stop it, return its log."""
+def run_briefly(volume: Path, seed: Path) -> str:
+    """Run the launcher in container mode until it has started its agent, stop it, return
+    its log. Waiting for the line, not a fixed time, keeps this right on a loaded machine."""
     proc = subprocess.Popen(
         ["unshare", "--mount", *on_volume(
             volume, sys.executable, "-m", "launcher", "run", "--state-dir", str(volume),
             "--seed-binary", str(seed), "--mode", "container", "--", "run", "--health-addr",
             "127.0.0.1:0")], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
         text=True)
-    try:
-        _, err = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read(stream: IO[str]) -> None:
+        for line in stream:
+            lines.append(line)
+            if "supervising only" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, args=(proc.stderr,), daemon=True)
+    reader.start()
+    started.wait(30)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=15)
+    reader.join(5)
+    proc.stderr.close()
+    err = "".join(lines)
+    assert started.is_set(), err
     assert proc.returncode == 0, err
     return err

@@ -265,9 +265,10 @@ def test_digest_mismatch_is_refused(gh: FakeGitHub, ca_file: Path,
 def test_rate_limit_is_waited_out_not_hammered(gh: FakeGitHub, ca_file: Path,
                                                launcher: Callable[..., Launcher],
                                                build: Callable[[str], Path]) -> None:
-    """403 with x-ratelimit-reset 3 s ahead: with 0.3 s polls, the next request waits."""
+    """403 with x-ratelimit-reset 8 s ahead: with 0.3 s polls, the next request waits.
+    (8 s, so that a loaded machine's launcher still asks once before the reset.)"""
     gh.add_release("v0.1.1", agent_assets(build("0.1.1").read_bytes()))
-    reset = int(time.time()) + 4
+    reset = int(time.time()) + 8
     gh.rate_limit(reset_epoch=reset)
     lch = start(launcher, build("0.1.0"), api_args(gh), ca_file)
     st = lch.wait_state(lambda s: "rate limit" in (s.get("last_error") or ""),

@@ -136,7 +136,8 @@ def test_a_mirror_answering_304_forever_cannot_hide_an_expired_manifest(
     with ReleaseServer() as srv:
         seed = sleeper(tmp_path, "0.1.0")
         srv.publish("/bin/0.1.0", Route(body=seed.read_bytes()))
-        expires = (datetime.now(UTC) + timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Long enough for a loaded machine to start the launcher and see one 304 first.
+        expires = (datetime.now(UTC) + timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
         serve(srv, signed_manifest(srv, "0.1.0", seed, key, serial=1, expires=expires),
               etag='"frozen"')
         lch = launcher()
