@@ -4,8 +4,11 @@ real servers on loopback that trickle or stall."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -24,7 +27,7 @@ from launcher.errors import DownloadError, TransportError
 from launcher.settings import Settings
 from launcher.sources.github import GitHubSource
 from launcher.sources.http import HttpSource, make_client
-from launcher.sources.pace import alarm
+from launcher.sources.pace import Alarm
 
 SHA = "a" * 64
 REPO = "acme/agent"
@@ -131,8 +134,8 @@ def test_the_deadline_alarm_leaves_an_outer_one_armed() -> None:
     before, _ = signal.getitimer(signal.ITIMER_REAL)
     started = time.monotonic()
     with pytest.raises(TransportError, match="outer"), \
-            alarm(0.6, lambda: TransportError("outer")):
-        with alarm(5.0, lambda: TransportError("inner")):
+            Alarm(0.6, lambda: TransportError("outer")):
+        with Alarm(5.0, lambda: TransportError("inner")):
             pass
         time.sleep(2.0)
     assert time.monotonic() - started < 1.5
@@ -142,6 +145,76 @@ def test_the_deadline_alarm_leaves_an_outer_one_armed() -> None:
         assert after == 0
     else:
         assert before - 2.0 < after < before
+
+
+def test_an_outer_deadline_due_first_fires_first() -> None:
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="outer"), \
+            Alarm(0.3, lambda: TransportError("outer")), \
+            Alarm(5.0, lambda: TransportError("inner")):
+        time.sleep(3.0)
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_swallowed_deadline_fires_again() -> None:
+    """Code that catches the deadline's error (``logging`` does, in ``emit``) does not end
+    the bound: the alarm repeats until the block is left."""
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="late"), \
+            Alarm(0.2, lambda: TransportError("late")):
+        with contextlib.suppress(TransportError):
+            time.sleep(2.0)
+        time.sleep(3.0)
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_redirect_after_a_swallowed_deadline_is_still_bounded(tmp_path: Path) -> None:
+    """The review's case: the alarm lands while httpx logs the redirect (a blocked stderr:
+    ``logging`` swallows the error), then the next hop trickles its headers."""
+
+    class SlowStream(io.StringIO):
+        def write(self, text: str) -> int:
+            if "302" in text:
+                time.sleep(1.5)  # a full pipe: the deadline passes inside this write
+            return super().write(text)
+
+    handler = logging.StreamHandler(SlowStream())
+    http_log = logging.getLogger("httpx")
+    level = http_log.level
+    http_log.addHandler(handler)
+    http_log.setLevel(logging.INFO)
+    try:
+        with ReleaseServer() as srv, make_client(allow_http=True) as client:
+            srv.publish("/version.json", Route.redirect(srv.url("/real.json")))
+            srv.publish("/real.json", slow_headers())
+            source = HttpSource(srv.url("/version.json"), client=client, deadline_s=1.0)
+            started = time.monotonic()
+            with pytest.raises(TransportError, match="exceeded its deadline of 1s"):
+                source.fetch(None)
+            assert time.monotonic() - started < 3.0
+    finally:
+        http_log.removeHandler(handler)
+        http_log.setLevel(level)
+    assert signal.getsignal(signal.SIGALRM) != Alarm._expire
+
+
+def test_an_alarm_at_any_instant_gives_the_handler_back() -> None:
+    """Thousands of blocks whose deadline lands anywhere, ``__enter__`` and ``__exit__``
+    included: afterwards the previous handler and timer are back."""
+    handler = signal.getsignal(signal.SIGALRM)
+    before, _ = signal.getitimer(signal.ITIMER_REAL)
+    raised = 0
+    for i in range(3000):
+        try:
+            with Alarm(0.00005 * (i % 20), lambda: TransportError("x")):
+                sum(range(i % 50))
+        except TransportError:
+            raised += 1
+    time.sleep(Alarm.REPEAT_S * 2)  # a late firing would raise here
+    assert raised > 0
+    assert signal.getsignal(signal.SIGALRM) == handler
+    after, _ = signal.getitimer(signal.ITIMER_REAL)
+    assert (after == 0) if before == 0 else (before - 30 < after <= before)
 
 
 def test_minimum_speed_applies_to_metadata(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ whole request, which ends a blocking read at the deadline whatever httpx is doin
 from __future__ import annotations
 
 import collections
-import contextlib
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 
 import httpx
@@ -95,40 +95,88 @@ class Pace:
             raise self.error(f"{self.what} too slow: {speed:.0f} B/s over the last "
                              f"{self.speed_window_s:g}s (minimum {self.min_speed_bps:g} B/s)")
 
-    def deadline(self) -> contextlib.AbstractContextManager[None]:
+    def deadline(self) -> Alarm:
         """Raise this pace's error once its deadline passes, even inside a blocking read."""
         remaining = self.deadline_s - (self.clock() - self.start)
-        return alarm(remaining, lambda: self.error(
+        return Alarm(remaining, lambda: self.error(
             f"{self.what} exceeded its deadline of {self.deadline_s:g}s (no complete answer)"))
 
 
-@contextlib.contextmanager
-def alarm(seconds: float, error: Callable[[], BaseException]) -> Iterator[None]:
+class Alarm:
     """Raise ``error()`` in the block once ``seconds`` of real time have passed.
 
     A real-time alarm (``SIGALRM``) interrupts a blocking read wherever it is, the status line
     and headers included. It works only in the main thread (where the worker runs); elsewhere
-    this is a no-op and the checks between reads remain. An alarm already armed around this
-    block is re-armed with what is left of it when the block ends.
+    it does nothing and the checks between reads remain.
+
+    The handler raises in whatever Python code runs at that instant, and some code swallows
+    exceptions (``logging`` does, while it writes a line): so once due, the alarm repeats every
+    :attr:`REPEAT_S` until the block ends. A signal that lands in the alarm's own set-up or
+    clean-up (``__enter__``, ``__exit__``) gives back the previous handler and timer there, so
+    the block cannot be left with this handler installed. An alarm already armed around the
+    block keeps its time: the earlier of the two fires first.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def expire(signum: int, frame: FrameType | None) -> None:
+    REPEAT_S = 0.25
+
+    def __init__(self, seconds: float, error: Callable[[], BaseException]) -> None:
+        self._seconds = max(seconds, 0.001)
+        self._error = error
+        self._armed = False
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._owner: FrameType | None = sys._getframe(1)
+        self._entered = time.monotonic()
+        self._outer = signal.setitimer(signal.ITIMER_REAL, 0)  # nothing can fire from here
+        self._previous = signal.signal(signal.SIGALRM, self._expire)
+        self._armed = True
+        outer_delay = self._outer[0]
+        first = min(self._seconds, outer_delay) if outer_delay > 0 else self._seconds
+        signal.setitimer(signal.ITIMER_REAL, first, self.REPEAT_S)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        self._owner = None
         signal.setitimer(signal.ITIMER_REAL, 0)
-        raise error()
+        signal.signal(signal.SIGALRM, self._previous)
+        delay, interval = self._outer
+        if delay > 0:
+            left = delay - (time.monotonic() - self._entered)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001), interval)
 
-    entered = time.monotonic()
-    previous = signal.signal(signal.SIGALRM, expire)
-    outer, _ = signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
-    try:
-        yield
-    finally:
-        try:  # an alarm at this very instant raises here, and still restores below
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        finally:
-            signal.signal(signal.SIGALRM, previous)
-            if outer > 0:
-                left = outer - (time.monotonic() - entered)
-                signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+    def _expire(self, signum: int, frame: FrameType | None) -> None:
+        where = self._where(frame)
+        if where != "body":  # in our own set-up or clean-up, or the block is gone
+            self._give_back()
+            if where == "enter":
+                raise self._error()
+            return
+        outer_delay = self._outer[0]
+        if 0 < outer_delay <= time.monotonic() - self._entered < self._seconds:
+            self._give_back()  # the outer alarm is due first: it fires in a millisecond
+            return
+        raise self._error()
+
+    def _where(self, frame: FrameType | None) -> str:
+        """Where the signal landed: ``enter``, ``exit`` (this alarm's own methods), ``body``
+        (below the frame that entered the block) or ``gone`` (that frame has returned)."""
+        while frame is not None:
+            if frame.f_locals.get("self") is self:
+                if frame.f_code is Alarm.__enter__.__code__:
+                    return "enter"
+                if frame.f_code in _EXIT_CODES:
+                    return "exit"
+            if frame is self._owner:
+                return "body"
+            frame = frame.f_back
+        return "gone"
+
+
+_EXIT_CODES = (Alarm.__exit__.__code__, Alarm._give_back.__code__)
