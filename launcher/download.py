@@ -29,7 +29,7 @@ import httpx
 from launcher.errors import ChecksumError, DownloadError, HostError, TransportError
 from launcher.files import set_mode
 from launcher.sources.http import iter_raw_body, status_error, transport_error
-from launcher.sources.pace import Alarm, SpeedWindow
+from launcher.sources.pace import ALARM_GRACE_S, Alarm, SpeedWindow
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ class _Transfer:
         announced: int | None = None
         in_body = False
         try:
-            with Alarm(self.deadline_s - (self.clock() - self.start), self._late), \
+            with Alarm(self.deadline_s + ALARM_GRACE_S - (self.clock() - self.start),
+                       self._late), \
                     client.stream("GET", self.url, timeout=timeout) as response:
                 if not response.is_success:
                     raise status_error("download of", response, lambda: datetime.now(UTC))

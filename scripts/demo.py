@@ -6,6 +6,7 @@ Run it through demo.sh (which prepares the venv); ``--keep`` leaves the temp dir
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -49,7 +50,7 @@ def health(url: str) -> dict[str, object] | None:
         with urllib.request.urlopen(url, timeout=1) as resp:
             data: dict[str, object] = json.loads(resp.read())
             return data
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # e.g. the agent stopped mid-answer
         return None
 
 

@@ -197,6 +197,9 @@ def _sleepers(arg: str) -> list[psutil.Process]:
 def _child_with(lch: Launcher, text: str) -> psutil.Process | None:
     assert lch.proc is not None
     for p in psutil.Process(lch.proc.pid).children():
-        if text in " ".join(p.cmdline()):
-            return p
+        try:
+            if text in " ".join(p.cmdline()):
+                return p
+        except psutil.NoSuchProcess:  # a --version run or an earlier worker, just gone
+            continue
     return None

@@ -68,9 +68,7 @@ def test_stalled_manifest_hits_its_deadline(tmp_path: Path) -> None:
     with ReleaseServer() as srv:
         srv.publish("/version.json", Route(body=manifest(srv), behaviour="stall"))
         result, took = run(srv, tmp_path, allow_unsigned=True)
-    assert result.error_kind == "transport", result
-    # The read timeout and the deadline's alarm are both 1 s: either may end it first.
-    assert "timed out" in str(result.error) or "exceeded its deadline" in str(result.error)
+    assert result.error_kind == "transport" and "timed out" in str(result.error), result
     assert took < 3.0
 
 

@@ -25,6 +25,7 @@ import httpx
 from launcher.errors import SourceError, TransportError
 
 SPEED_WINDOW_S = 30.0
+ALARM_GRACE_S = 0.5
 
 
 class SpeedWindow:
@@ -96,8 +97,12 @@ class Pace:
                              f"{self.speed_window_s:g}s (minimum {self.min_speed_bps:g} B/s)")
 
     def deadline(self) -> Alarm:
-        """Raise this pace's error once its deadline passes, even inside a blocking read."""
-        remaining = self.deadline_s - (self.clock() - self.start)
+        """Raise this pace's error once its deadline passes, even inside a blocking read.
+
+        The alarm is the backstop for what the checks between reads cannot see (a trickle of
+        headers): it fires :data:`ALARM_GRACE_S` after the deadline, so that a stall or a slow
+        body is still reported by those checks, in their own words."""
+        remaining = self.deadline_s + ALARM_GRACE_S - (self.clock() - self.start)
         return Alarm(remaining, lambda: self.error(
             f"{self.what} exceeded its deadline of {self.deadline_s:g}s (no complete answer)"))
 
