@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -79,7 +80,10 @@ class ResidentModel(RuleBasedStateMachine):
             "allow_http": True, "poll_interval": "1", "jitter": "0",
             "health_window": str(WINDOW), "health_url": "http://127.0.0.1:9/healthz",
             "seed_binary": str(seed), "platform": "linux-amd64"}, environ={})
-        self.patches = [mock.patch("launcher.health.probe", self.probe),
+        # The simulated world needs no durability (test_durability and test_power_loss test
+        # it for real): without fsync a run costs CPU, not the disk's flush queue.
+        self.patches = [mock.patch("launcher.files.os.fsync", lambda fd: None),
+                        mock.patch("launcher.health.probe", self.probe),
                         mock.patch("launcher.control.ControlServer",
                                    side_effect=OSError("not in the model"))]
         for p in self.patches:
@@ -254,7 +258,19 @@ class ResidentModel(RuleBasedStateMachine):
                 assert self.alive()[0].build.split()[1] == state.current.version
 
 
-ResidentModel.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=40, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
-test_resident_model = ResidentModel.TestCase
+def _runs(examples: int) -> settings:
+    return settings(max_examples=examples, stateful_step_count=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+# The main suite's share: 80 runs of 40 steps (about 35 s on an idle machine); --run-slow
+# adds 400 more. Both get their own timeout, since a loaded machine may take three times as long.
+@pytest.mark.timeout(600)
+class TestResidentModel(ResidentModel.TestCase):  # type: ignore[misc,valid-type]
+    settings = _runs(80)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+class TestResidentModelLong(ResidentModel.TestCase):  # type: ignore[misc,valid-type]
+    settings = _runs(400)
