@@ -223,7 +223,7 @@ def write_assets(
 def publish_oci(
     version: str,
     *,
-    push_url: str | None = None,
+    push_urls: tuple[str, ...] = (),
     layout_dir: Path | None = None,
     binary: Path | None = None,
     sign_key: Path | None = None,
@@ -235,8 +235,8 @@ def publish_oci(
     channel: str = "stable",
     log: Any = print,
 ) -> dict[str, Any]:
-    """The release as an OCI artifact: pushed to ``push_url`` and/or written as an image
-    layout in ``layout_dir`` (see ``oci_release.py``); return the signed manifest."""
+    """The release as an OCI artifact: pushed to each of ``push_urls`` and/or written as an
+    image layout in ``layout_dir`` (see ``oci_release.py``); return the signed manifest."""
     import oci_release  # imports the launcher package's artifact definitions
 
     check_version(version)
@@ -245,8 +245,8 @@ def publish_oci(
     secret = load_sign_key(sign_key) if sign_key is not None else None
     now = datetime.now(UTC)
     seen = [oci_release.layout_serial(layout_dir, channel) if layout_dir else None,
-            oci_release.pushed_serial(push_url, credentials=credentials, ca_file=ca_file)
-            if push_url else None]
+            *(oci_release.pushed_serial(url, credentials=credentials, ca_file=ca_file)
+              for url in push_urls)]
     try:
         fresh = {"serial": next_serial(max((x for x in seen if x is not None), default=None),
                                        now, serial),
@@ -271,9 +271,8 @@ def publish_oci(
         if layout_dir is not None:
             oci_release.write_layout(Path(layout_dir), release, channel)
             log(f"wrote OCI layout {layout_dir} = {release.index_digest} (version {version})")
-        if push_url is not None:
-            oci_release.push(push_url, release, credentials=credentials, ca_file=ca_file,
-                             log=log)
+        for url in push_urls:
+            oci_release.push(url, release, credentials=credentials, ca_file=ca_file, log=log)
     return manifest
 
 
@@ -304,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a GitHub release's assets into DIR instead of publishing")
     parser.add_argument("--github-repo", metavar="OWNER/REPO",
                         help="with --assets-dir: URLs of github.com/OWNER/REPO release vVERSION")
-    parser.add_argument("--oci-push", metavar="oci://HOST[:PORT]/REPO:TAG",
-                        help="push the release to a registry as an OCI artifact instead")
+    parser.add_argument("--oci-push", metavar="oci://HOST[:PORT]/REPO:TAG", action="append",
+                        help="push the release to a registry as an OCI artifact instead; "
+                             "repeatable (the same release to each, e.g. a mirror)")
     parser.add_argument("--oci-layout", type=Path, metavar="DIR",
                         help="write the release as an OCI image layout (an offline bundle) "
                              "into DIR instead")
@@ -345,7 +345,8 @@ def _main_oci(args: argparse.Namespace) -> int:
     from oci_release import PushError
 
     try:
-        publish_oci(args.version, push_url=args.oci_push, layout_dir=args.oci_layout,
+        publish_oci(args.version, push_urls=tuple(args.oci_push or ()),
+                    layout_dir=args.oci_layout,
                     binary=args.binary, sign_key=args.sign_key,
                     credentials=args.registry_credentials, ca_file=args.ca_file,
                     serial=args.serial,
