@@ -98,24 +98,32 @@ def platform_name(entry: dict[str, Any]) -> str | None:
 
 
 def parse_index(body: bytes, where: str) -> Release:
+    """The signed manifest's entry and each platform's. Tools that copy an index may drop
+    the entries' ``artifactType`` (skopeo 1.9 does): then the signed manifest's entry is
+    the one without a platform, whose layers say what it is."""
     document = _document(body, where)
     entries = document.get("manifests")
     if not isinstance(entries, list):
         raise ManifestError(f"{where} is not an OCI image index (no 'manifests' list)")
-    signed: Descriptor | None = None
+    signed: list[Descriptor] = []
+    unplaced: list[Descriptor] = []
     platforms: dict[str, Descriptor] = {}
     for entry in entries:
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: an index entry is not an object")
-        kind = entry.get("artifactType")
-        if kind == RELEASE_TYPE and signed is None:
-            signed = descriptor(entry, where)
-        elif kind == AGENT_TYPE and (name := platform_name(entry)) is not None:
+        kind, name = entry.get("artifactType"), platform_name(entry)
+        if kind == RELEASE_TYPE:
+            signed.append(descriptor(entry, where))
+        elif kind in (AGENT_TYPE, None) and name is not None:
             platforms.setdefault(name, descriptor(entry, where))
-    if signed is None:
-        raise ManifestError(f"{where} has no entry of artifactType {RELEASE_TYPE} (the signed "
-                            "version.json): not a release pushed by release_tool.py")
-    return Release(manifest=signed, platforms=platforms)
+        elif kind is None and name is None:
+            unplaced.append(descriptor(entry, where))
+    chosen = signed or unplaced
+    if len(chosen) != 1:
+        raise ManifestError(f"{where} has {len(chosen)} entries that may be the signed "
+                            f"version.json (artifactType {RELEASE_TYPE}, or no platform): not "
+                            "a release pushed by release_tool.py")
+    return Release(manifest=chosen[0], platforms=platforms)
 
 
 def parse_layers(body: bytes, where: str) -> dict[str, Descriptor]:
