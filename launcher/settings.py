@@ -310,7 +310,8 @@ def validate(s: Settings) -> None:
         scheme = _scheme(s.manifest_url, "--manifest-url")
         if scheme not in ("https", "http", "file", "oci"):
             raise ConfigError(f"--manifest-url {s.manifest_url!r}: use an https:// URL "
-                              "(or file:// for a local directory, oci:// for a registry)")
+                              "(or file:// for a local directory, oci://HOST/REPOSITORY:TAG for a "
+                              "registry)")
         if scheme == "http" and not s.allow_http:
             raise ConfigError(f"--manifest-url {s.manifest_url} is plain http: use https, "
                               "or pass --allow-http for a trusted network")
@@ -365,7 +366,8 @@ def _validate_github(s: Settings) -> None:
 def _validate_oci(s: Settings) -> None:
     oci = (s.manifest_url or "").startswith("oci:")
     if (s.mirrors or s.registry_credentials is not None) and not oci:
-        raise ConfigError("--mirror and --registry-credentials need an oci:// --manifest-url")
+        raise ConfigError("--mirror and --registry-credentials need a --manifest-url "
+                          "oci://HOST/REPOSITORY:TAG")
     if not oci:
         return
     from launcher.sources.reference import parse_mirror, parse_reference  # standard library

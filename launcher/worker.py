@@ -201,7 +201,7 @@ def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str
         staged = source.stage_binary(binary, s["platform"], bin_dir, s)
     elif urlsplit(binary.url).scheme == "oci":
         raise ManifestError(f"binary URL {binary.url} names a blob of an OCI release: it "
-                            "installs only from an oci:// or OCI layout source")
+                            "installs only from an OCI registry or layout source")
     elif urlsplit(binary.url).scheme == "file":
         if not isinstance(source, LocalSource):
             raise InsecureError(f"refusing local file URL {binary.url} from a remote manifest")
