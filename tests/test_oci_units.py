@@ -136,3 +136,32 @@ def test_an_oci_blob_url_needs_an_oci_source(tmp_path: Path) -> None:
         "max_binary_bytes": 1 << 20, "download_deadline_s": 5.0, "min_speed_bps": 1.0}})
     assert result.outcome == "error" and result.error_kind == "manifest"
     assert "names a blob of an OCI release" in (result.error or "")
+
+
+def test_a_failed_mirror_is_not_asked_again_in_the_same_check(tmp_path: Path) -> None:
+    """A mirror that cannot be reached costs one attempt per check, not one per document."""
+    from launcher.sources.oci import OciSource
+
+    version_json = b'{"version": "0.1.1", "binaries": {}}'
+    vj = artifact.blob(version_json, artifact.MANIFEST_TYPE)
+    signed_doc = artifact.image_manifest(artifact.RELEASE_TYPE, [(vj, "version.json")])
+    signed = artifact.blob(signed_doc, artifact.MANIFEST_DOC_TYPE)
+    index = artifact.image_index("0.1.1", signed, {})
+    by_path = {"/v2/agent/manifests/stable": index,
+               f"/v2/agent/manifests/{signed.digest}": signed_doc,
+               f"/v2/agent/blobs/{vj.digest}": version_json}
+    mirror_attempts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "mirror.example":
+            mirror_attempts.append(request.url.path)
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, content=by_path[request.url.path])
+
+    with make_client(transport=httpx.MockTransport(handler)) as client:
+        source = OciSource(parse_reference("oci://reg.example/agent:stable"), client=client,
+                           mirrors=("mirror.example",))
+        fetched = source.fetch(None)
+    assert fetched.body == version_json
+    assert fetched.validators.etag == f'"{artifact.digest_of(index)}"'
+    assert mirror_attempts == ["/v2/agent/manifests/stable"]

@@ -124,6 +124,7 @@ class OciSource(ArtifactReader):
         self.hosts = [host(name, f"{prefix}/{reference.repository}".lstrip("/"), True)
                       for name, prefix in map(parse_mirror, mirrors)]
         self.hosts.append(host(reference.host, reference.repository, False))
+        self._failed: set[str] = set()
 
     def fetch(self, validators: Validators | None) -> FetchResult:
         known = validators.etag if validators is not None else None
@@ -195,13 +196,18 @@ class OciSource(ArtifactReader):
         return self._each_host(f"the {platform} build", one)
 
     def _each_host(self, what: str, attempt: Callable[[Host], T]) -> T:
-        """``attempt`` on each host in turn, mirrors first; the origin's failure is final."""
+        """``attempt`` on each host in turn, mirrors first; the origin's failure is final.
+        A mirror that failed once is not asked again in this check (a mirror that times
+        out would otherwise cost a timeout per document)."""
         for host in self.hosts:
+            if host.mirror and host.registry.host in self._failed:
+                continue
             try:
                 return attempt(host)
             except SourceError as exc:
                 if not host.mirror:
                     raise
+                self._failed.add(host.registry.host)
                 logger.warning("%s failed for %s (%s); trying the next host", host, what,
                                exc.describe())
         raise AssertionError("unreachable: the origin is always the last host")
