@@ -157,7 +157,9 @@ def _channel(text: str) -> str:
 
 OPTIONS = (
     Option("manifest_url", "manifest_url", str,
-           "URL of version.json (https://, http:// with --allow-http, or file://)"),
+           "URL of version.json (https://, http:// with --allow-http, or file://), "
+           "oci://HOST[:PORT]/REPOSITORY:TAG of a release in a registry, or file:///DIR of "
+           "an OCI image layout"),
     Option("github_repo", "github_repo", str,
            "OWNER/NAME: take releases from the GitHub API instead of --manifest-url"),
     Option("github_api_url", "github_api_url", str,

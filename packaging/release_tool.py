@@ -4,6 +4,8 @@
     python3 packaging/release_tool.py VERSION [--binary FILE] [--release-dir DIR]
                                               [--base-url URL] [--sign-key FILE]
                                               [--expires-in DAYS | --no-expires] [--serial N]
+    python3 packaging/release_tool.py VERSION --oci-push oci://HOST/REPO:TAG | --oci-layout DIR
+                                              [--registry-credentials FILE] [--ca-file FILE]
     python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
                                               FILE] [--expires-in DAYS | --no-expires]
 
@@ -33,6 +35,11 @@ release instead (``agent-linux-amd64``, ``agent-linux-arm64``, ``version.json``,
 ``SHA256SUMS`` and, with ``--sign-key``, ``version.json.minisig``), its URLs pointing at
 ``https://github.com/OWNER/REPO/releases/download/vVERSION/`` with ``--github-repo``, else
 at ``--base-url``. Upload them to the release tagged ``vVERSION``.
+
+With ``--oci-push oci://HOST[:PORT]/REPO:TAG`` (repeatable; ``--registry-credentials FILE``,
+``--ca-file FILE``) and/or ``--oci-layout DIR`` nothing is published into a release
+directory: the release goes to a registry as an OCI artifact, or into DIR as an OCI image
+layout (an offline bundle), see ``oci_release.py``. Both need the venv's Python.
 
 Exit codes: 0 published; 2 bad arguments (version, missing binary); 1 anything else.
 Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py).

@@ -12,7 +12,10 @@ The tag names an image index; each entry is an image manifest whose one layer is
           -> manifest: config EMPTY, layers [version.json (MANIFEST_TYPE),
                                              version.json.minisig (SIGNATURE_TYPE)]
 
-Every layer carries ``org.opencontainers.image.title`` (its file name). In the signed
+Every layer carries ``org.opencontainers.image.title`` (its file name). A copying tool may
+rewrite the index (skopeo 1.9 drops the entries' ``artifactType``): the signed manifest's
+entry is then the one without a platform; the manifests themselves are never rewritten, as
+their digests name them. In the signed
 ``version.json`` of such a release each binary's ``url`` is ``oci:sha256:<hex>``: the blob of
 that digest in the same artifact, wherever it is served from (registry, mirror, layout).
 
