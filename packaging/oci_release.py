@@ -21,6 +21,7 @@ dance with ``--registry-credentials`` (Docker's ``config.json``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -102,8 +103,8 @@ def write_layout(root: Path, release: Artifact, ref_name: str) -> None:
     for digest, content in [*release.blobs.items(),
                             *((d, (lambda b=b: b)) for d, b in documents.items())]:
         target = blobs / digest.removeprefix("sha256:")
-        if target.is_file() and target.stat().st_size > 0:
-            continue
+        if target.is_file() and _file_digest(target) == digest:
+            continue  # an earlier release's blob, intact
         got, _ = write_atomically(target, [content()], 0o644)
         if f"sha256:{got}" != digest:
             target.unlink()
@@ -115,6 +116,13 @@ def write_layout(root: Path, release: Artifact, ref_name: str) -> None:
     write_atomically(root / "index.json", [artifact.encode(
         {"schemaVersion": 2, "mediaType": artifact.INDEX_TYPE, "manifests": [entry]})], 0o644)
     fsync_dir(root)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in read_chunks(path):
+        digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def layout_serial(root: Path, ref_name: str) -> int | None:

@@ -113,3 +113,19 @@ def test_a_tampered_blob_in_the_bundle_is_refused(tmp_path: Path, key: Key,
         "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})
     assert result.outcome == "error" and result.error_kind == "sha256", result
     assert list((tmp_path / "state" / "bin").iterdir()) == []
+
+
+def test_an_unsigned_bundle_is_refused_when_a_key_is_configured(
+        tmp_path: Path, key: Key, build: Callable[[str], Path]) -> None:
+    """A release without its version.json.minisig layer: ``signature``, nothing staged."""
+    bundle = tmp_path / "bundle"
+    release_tool.publish_oci("0.1.1", layout_dir=bundle, binary=build("0.1.1"),
+                             log=lambda _: None)
+    result = run_check({"host_id": "h", "stage": True, "settings": {
+        "manifest_url": f"file://{bundle}", "public_keys": [str(key.public)],
+        "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
+        "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})
+    assert result.outcome == "error" and result.error_kind == "signature", result
+    assert "missing signature" in (result.error or "")
+    assert not (tmp_path / "state" / "bin").exists() or not any(
+        (tmp_path / "state" / "bin").iterdir())

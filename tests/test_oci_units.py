@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -165,3 +166,24 @@ def test_a_failed_mirror_is_not_asked_again_in_the_same_check(tmp_path: Path) ->
     assert fetched.body == version_json
     assert fetched.validators.etag == f'"{artifact.digest_of(index)}"'
     assert mirror_attempts == ["/v2/agent/manifests/stable"]
+
+
+def test_an_endless_index_is_cut_at_its_cap() -> None:
+    """A registry answering the tag with an endless body: refused past 256 KiB."""
+    from launcher.sources.oci import OciSource
+
+    sent = {"bytes": 0}
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            sent["bytes"] += 65536
+            yield b" " * 65536
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())
+
+    with make_client(transport=httpx.MockTransport(handler)) as client:
+        source = OciSource(parse_reference("oci://reg.example/agent:stable"), client=client)
+        with pytest.raises(ManifestError, match="larger than 262144 bytes"):
+            source.fetch(None)
+    assert sent["bytes"] <= 2 * artifact.MAX_DOCUMENT_BYTES
