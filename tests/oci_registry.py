@@ -5,6 +5,7 @@
         registry.host                         # "127.0.0.1:PORT"
     RegistryProcess(tmp, ca, auth=htpasswd_auth(tmp, "alice", "wonderland"))  # Basic
     RegistryProcess(tmp, ca)                                                  # anonymous
+    RegistryProcess(tmp, ca, redirect_to="https://storage:PORT")   # blobs 307 to storage
 
 The token server is the other half of the registry's ``auth: token``: it answers
 ``GET /token?service=...&scope=repository:NAME:pull,push`` with an ES256 JWT signed by a key
@@ -181,7 +182,9 @@ def docker_config(path: Path, host: str, user: str, password: str) -> Path:
 class RegistryProcess:
     """``docker-registry serve`` on a loopback port with a ``trustme`` certificate."""
 
-    def __init__(self, directory: Path, ca: Any, *, auth: dict[str, Any] | None = None) -> None:
+    def __init__(self, directory: Path, ca: Any, *, auth: dict[str, Any] | None = None,
+                 redirect_to: str | None = None) -> None:
+        self.redirect_to = redirect_to
         self.directory = directory
         self.data = directory / "data"
         self.ca = ca
@@ -207,6 +210,9 @@ class RegistryProcess:
         }
         if self.auth is not None:
             config["auth"] = self.auth
+        if self.redirect_to is not None:  # blob GETs answered 307 to {redirect_to}/docker/...
+            config["middleware"] = {"storage": [{"name": "redirect",
+                                                 "options": {"baseurl": self.redirect_to}}]}
         path = self.directory / "config.yml"
         path.write_text(json.dumps(config))  # JSON is YAML
         log = (self.directory / "registry.log").open("ab")
@@ -236,6 +242,11 @@ class RegistryProcess:
         hex_ = digest.removeprefix("sha256:")
         return (self.data / "docker" / "registry" / "v2" / "blobs" / "sha256" / hex_[:2] /
                 hex_ / "data")
+
+    def stored_blobs(self) -> dict[str, bytes]:
+        """Every blob's storage path (as the redirect names it) and bytes."""
+        return {"/" + str(path.relative_to(self.data)): path.read_bytes()
+                for path in (self.data / "docker" / "registry" / "v2" / "blobs").rglob("data")}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

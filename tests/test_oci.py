@@ -21,6 +21,7 @@ import pytest
 import release_tool
 from conftest import ROOT, Launcher, free_port, https_args, run_cli, script_agent
 from oci_registry import RegistryProcess, TokenServer, docker_config
+from release_server import ReleaseServer, Route, tls_context
 from signing import Key, make_key
 
 from launcher.sources.http import make_client
@@ -260,3 +261,25 @@ def test_a_tag_moved_after_it_was_resolved_does_not_mix_releases(
     again = stage(settings(url, tmp_path / "later", ca_file, key,
                            registry_credentials=str(creds)))
     assert again.version == "0.1.2", "the tag did move: the next check sees it"
+
+
+def test_blobs_redirected_to_storage_are_fetched_without_the_registry_token(
+        ca: Any, tokens: TokenServer, key: Key, ca_file: Path, tmp_path: Path,
+        build: Callable[[str], Path]) -> None:
+    """A registry that answers blob GETs with a redirect to blob storage (another https
+    origin): the launcher follows it, and the storage never sees the registry's token."""
+    with ReleaseServer(tls_context(ca), host="localhost") as storage, RegistryProcess(
+            tmp_path, ca, auth=tokens.auth_config(),
+            redirect_to=storage.url("/")) as registry:
+        own = docker_config(tmp_path / "config.json", registry.host, USER, PASSWORD)
+        url = f"oci://{registry.host}/agent:stable"
+        manifest = push("0.1.1", build("0.1.1"), key, own, ca_file, url)
+        for path, body in registry.stored_blobs().items():
+            storage.publish(path, Route(body=body))
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(own)))
+    assert result.outcome == "staged", result
+    sha = manifest["binaries"]["linux-amd64"]["sha256"]
+    fetched = [r for r in storage.requests if sha in r.path]
+    assert len(fetched) == 1
+    assert all("Authorization" not in r.headers and "authorization" not in r.headers
+               for r in storage.requests)
