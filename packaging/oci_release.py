@@ -159,11 +159,10 @@ def push(url: str, release: Artifact, *, credentials: Path | None, ca_file: Path
 
             def send(method: str, path: str, ok: tuple[int, ...], what: str,
                      **kw: Any) -> httpx.Response:
-                with registry.stream(method, path, scope, max_bytes=1 << 16, **kw) as answer:
-                    answer.read()
-                    if answer.status_code not in ok:
-                        raise status_error(f"{what}:", answer, _now)
-                    return answer
+                answer, _ = registry.request(method, path, scope, limit=1 << 16, **kw)
+                if answer.status_code not in ok:
+                    raise status_error(f"{what}:", answer, _now)
+                return answer
 
             for digest, content in release.blobs.items():
                 blob_path = f"{ref.repository}/blobs/{digest}"

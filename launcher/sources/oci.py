@@ -137,20 +137,20 @@ class OciSource(ArtifactReader):
         return FetchResult(not_modified=False, body=self._signed_manifest(index, digest),
                            validators=current)
 
-    def _resolve(self, host: Host, known: str | None) -> tuple[Any, bytes]:
+    def _resolve(self, host: Host, known: str | None) -> tuple[str | None, bytes]:
         headers = dict(_ACCEPT_INDEX)
         if known:
             headers["If-None-Match"] = known
         path = f"{host.repository}/manifests/{self.reference.tag}"
-        with host.registry.stream("GET", path, host.scope, headers=headers,
-                                  max_bytes=artifact.MAX_DOCUMENT_BYTES) as response:
-            if response.status_code == 304 and known:
-                return None, b""
-            if not response.is_success:
-                raise status_error(f"{host}: request for tag {self.reference.tag} to",
-                                   response, _utcnow)
-            body = host.registry.read(response, artifact.MAX_DOCUMENT_BYTES, ManifestError(
-                f"OCI index of {self.where} larger than {artifact.MAX_DOCUMENT_BYTES} bytes"))
+        response, body = host.registry.request(
+            "GET", path, host.scope, headers=headers, limit=artifact.MAX_DOCUMENT_BYTES,
+            too_large=ManifestError(f"OCI index of {self.where} larger than "
+                                    f"{artifact.MAX_DOCUMENT_BYTES} bytes"))
+        if response.status_code == 304 and known:
+            return None, b""
+        if not response.is_success:
+            raise status_error(f"{host}: request for tag {self.reference.tag} to", response,
+                               _utcnow)
         return artifact.digest_of(body), body
 
     def _document(self, descriptor: artifact.Descriptor, what: str) -> bytes:
@@ -166,11 +166,10 @@ class OciSource(ArtifactReader):
              limit: int, what: str, too_large: SourceError) -> bytes:
         def one(host: Host) -> bytes:
             path = f"{host.repository}/{kind}/{descriptor.digest}"
-            with host.registry.stream("GET", path, host.scope, headers=headers,
-                                      max_bytes=limit) as response:
-                if not response.is_success:
-                    raise status_error(f"{host}: request for {what} to", response, _utcnow)
-                body = host.registry.read(response, limit, too_large)
+            response, body = host.registry.request("GET", path, host.scope, headers=headers,
+                                                   limit=limit, too_large=too_large)
+            if not response.is_success:
+                raise status_error(f"{host}: request for {what} to", response, _utcnow)
             return artifact.check_digest(body, descriptor.digest, f"{what} from {host}")
 
         return self._each_host(what, one)

@@ -25,8 +25,7 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -157,18 +156,21 @@ class Registry:
         """Authorization for a request made elsewhere (a streamed blob download): asks
         ``/v2/`` for the challenge first when this host has not been talked to."""
         if not self.auth_headers(scope):
-            with self.stream("GET", "", scope, max_bytes=MAX_TOKEN_BYTES) as response:
-                if response.status_code not in (200, 401, 404):
-                    raise status_error("registry request to", response, self._now)
+            response, _ = self.request("GET", "", scope, limit=MAX_TOKEN_BYTES)
+            if response.status_code not in (200, 401, 404):
+                raise status_error("registry request to", response, self._now)
         return self.auth_headers(scope)
 
-    @contextmanager
-    def stream(self, method: str, path: str, scope: str, *, headers: dict[str, str] | None =
-               None, content: bytes | None = None, max_bytes: int) -> Iterator[httpx.Response]:
-        """The answer to ``method /v2/path``, after at most one authentication round."""
+    def request(self, method: str, path: str, scope: str, *,
+                headers: dict[str, str] | None = None, content: bytes | None = None,
+                limit: int, too_large: SourceError | None = None) -> tuple[httpx.Response, bytes]:
+        """``method /v2/path`` after at most one authentication round: the (closed) answer
+        and, when it is a success, its body read up to ``limit`` (past it: ``too_large``),
+        all within one metadata deadline."""
         url = self.url(path)
         pace = metadata_pace(f"registry request to {url}", *self._limits)
         timeout = pace.timeout(self._client.timeout)
+        too_large = too_large or TransportError(f"answer from {url} larger than {limit} bytes")
         try:
             for attempt in range(2):
                 auth = self.auth_headers(scope) if self._ours(url) else {}
@@ -178,22 +180,19 @@ class Registry:
                 response = self._client.send(request, stream=True)
                 try:
                     if response.status_code == 401 and attempt == 0:
-                        challenge = response.headers.get("www-authenticate", "")
-                        response.close()
-                        self._answer(challenge, scope, url)
+                        self._answer(response.headers.get("www-authenticate", ""), scope, url)
                         continue
                     if response.status_code in (401, 403):
                         raise self._refused(response, url)
-                    yield response
-                    return
+                    body = b""
+                    if response.is_success and method != "HEAD":
+                        body = read_capped(response, limit, too_large, pace)
+                    return response, body
                 finally:
                     response.close()
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise transport_error(url, exc) from exc
-
-    def read(self, response: httpx.Response, limit: int, too_large: SourceError) -> bytes:
-        pace = metadata_pace(f"registry request to {response.request.url}", *self._limits)
-        return read_capped(response, limit, too_large, pace)
+        raise AssertionError("unreachable: the second attempt always returns or raises")
 
     def _answer(self, challenge: str, scope: str, url: str) -> None:
         scheme, params = parse_challenge(challenge)
