@@ -187,3 +187,12 @@ def test_an_endless_index_is_cut_at_its_cap() -> None:
         with pytest.raises(ManifestError, match="larger than 262144 bytes"):
             source.fetch(None)
     assert sent["bytes"] <= 2 * artifact.MAX_DOCUMENT_BYTES
+
+
+def test_credentials_readable_by_others_are_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"auths": {}}')
+    path.chmod(0o644)
+    assert load_credentials(path) == {}
+    assert "readable by other users: chmod 600 it" in caplog.text

@@ -24,6 +24,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -60,6 +61,9 @@ def load_credentials(path: Path | str) -> Credentials:
     try:
         with Path(path).open("rb") as file:
             raw = file.read(MAX_CREDENTIALS_BYTES + 1)
+            if os.fstat(file.fileno()).st_mode & 0o077:
+                logger.warning("--registry-credentials %s is readable by other users: "
+                               "chmod 600 it", path)
     except OSError as exc:
         raise ConfigError(f"cannot read --registry-credentials {path}: "
                           f"{exc.strerror or exc}") from exc
