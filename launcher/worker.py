@@ -176,10 +176,10 @@ def _source(s: dict[str, Any], client: httpx.Client) -> Source:
         return oci.from_settings(s, client)
     if urlsplit(url).scheme == "file":
         local = LocalSource.from_url(url)
-        from launcher.sources import layout
+        if (local.path / "oci-layout").is_file():  # an offline bundle (OCI image layout)
+            from launcher.sources.layout import LayoutSource
 
-        if layout.is_layout(local.path):
-            return layout.LayoutSource(local.path, channel=str(s.get("channel") or "stable"))
+            return LayoutSource(local.path, channel=str(s.get("channel") or "stable"))
         return local
     # .get: a resident started before an upgrade sends the settings it knew.
     return HttpSource(url, client=client,

@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_FILE = "oci-layout"
-
-
-def is_layout(path: Path) -> bool:
-    return (path / LAYOUT_FILE).is_file()
-
 
 class LayoutSource(ArtifactReader):
     def __init__(self, root: Path, *, channel: str = "stable") -> None:
