@@ -63,3 +63,23 @@ def test_basic_auth_push_and_pull_and_refusals(registry: RegistryProcess, key: K
     assert result["error"] == (
         f"transport: registry {registry.host} refused user {USER} for "
         f"https://{registry.host}/v2/agent/manifests/stable (HTTP 401)")
+
+
+def test_the_pushed_serial_only_grows(registry: RegistryProcess, key: Key, ca_file: Path,
+                                      tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """The release tool reads the serial the tag names now: the next push is above it, and
+    a --serial at or below it is refused before anything is pushed."""
+    url = f"oci://{registry.host}/serials:stable"
+    good = docker_config(tmp_path / "good.json", registry.host, USER, PASSWORD)
+
+    def publish(version: str, serial: int | None = None) -> dict[str, Any]:
+        return release_tool.publish_oci(version, push_urls=(url,), binary=build(version),
+                                        sign_key=key.secret, credentials=good,
+                                        ca_file=ca_file, serial=serial, log=lambda _: None)
+
+    first = publish("0.1.1", serial=4_000_000_000)
+    assert publish("0.1.2")["serial"] == first["serial"] + 1
+    with pytest.raises(release_tool.ReleaseError, match="not above the published serial"):
+        publish("0.1.3", serial=5)
+    code, result = check(url, tmp_path, ca_file, key, "--registry-credentials", str(good))
+    assert code == 0 and result["version"] == "0.1.2"
