@@ -44,12 +44,14 @@ def test_offline_bundle_installs_and_updates_from_file_dir(
         tmp_path: Path, key: Key, ca_file: Path, launcher: Callable[..., Launcher],
         build: Callable[[str], Path]) -> None:
     """release_tool.py --oci-layout DIR; a real launcher on file:///DIR installs 0.1.1, and
-    0.1.2 written into the same DIR (index.json replaced last) is picked up."""
+    0.1.2 written into the same DIR (index.json replaced last) is picked up at once."""
     bundle = tmp_path / "bundle"
     write_layout(bundle, "0.1.1", build("0.1.1"), key)
     assert json.loads((bundle / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     lch = launcher()
-    lch.start(*https_args(lch, "--manifest-url", f"file://{bundle}", public_keys=(key.public,)),
+    # An hour between polls: only the watched index.json can bring 0.1.2 in time.
+    lch.start(*https_args(lch, "--manifest-url", f"file://{bundle}", public_keys=(key.public,),
+                          **{"--poll-interval": "3600"}),
               "--seed-binary", str(build("0.1.0")))
     lch.wait_healthy("0.1.1", timeout=30)
     write_layout(bundle, "0.1.2", build("0.1.2"), key)
