@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,8 +51,12 @@ def download(
     speed_window_s: float = 30.0,
     should_stop: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
+    headers: Mapping[str, str] | None = None,
 ) -> Path:
     """Download ``url`` into a new temp file in ``dest_dir``, verified; return its path.
+
+    ``headers`` are sent with the request (a registry's ``Authorization``; httpx drops it
+    on a redirect to another origin).
 
     Raises DownloadError (too large, truncated, too slow, past the deadline, cancelled),
     ChecksumError, TransportError (non-2xx, connection and protocol errors; InsecureError
@@ -71,6 +75,7 @@ def download(
         speed_window_s=speed_window_s,
         should_stop=should_stop,
         clock=clock,
+        headers=headers,
     )
     try:
         fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest_dir)
@@ -162,8 +167,10 @@ class _Transfer:
         speed_window_s: float,
         should_stop: Callable[[], bool],
         clock: Callable[[], float],
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
+        self.headers = dict(headers or {})
         self.limit = limit
         self.expected_size = expected_size
         self.deadline_s = deadline_s
@@ -185,7 +192,8 @@ class _Transfer:
         try:
             with Alarm(self.deadline_s + ALARM_GRACE_S - (self.clock() - self.start),
                        self._late), \
-                    client.stream("GET", self.url, timeout=timeout) as response:
+                    client.stream("GET", self.url, timeout=timeout,
+                                  headers=self.headers) as response:
                 if not response.is_success:
                     raise status_error("download of", response, lambda: datetime.now(UTC))
                 announced = self._announced_length(response)

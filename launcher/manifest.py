@@ -55,8 +55,9 @@ class Binary(_Model):
             parts = urlsplit(value)
         except ValueError as exc:
             raise ValueError(f"is not a valid URL ({exc})") from None
-        if parts.scheme not in ("https", "http", "file"):
-            raise ValueError("must be an https:// (or http://, file://) URL")
+        if parts.scheme not in ("https", "http", "file", "oci"):
+            raise ValueError("must be an https:// (or http://, file://) URL, or oci:sha256:HEX "
+                             "in an OCI release")
         return value
 
     @field_validator("sha256")

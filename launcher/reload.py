@@ -25,11 +25,15 @@ FIXED = ("state_dir", "mode")  # taken only at start
 
 
 def watch_paths(settings: Settings, config_file: Path | None) -> list[str]:
-    """A ``file://`` manifest and the config file, when there are such."""
+    """A ``file://`` manifest (an OCI layout's ``index.json``) and the config file, when
+    there are such."""
     paths = []
     url = settings.manifest_url or ""
     if url.startswith("file://"):
-        paths.append(str(Path(urlsplit(url).path).resolve()))
+        path = Path(urlsplit(url).path).resolve()
+        if (path / "oci-layout").is_file():  # an offline bundle: index.json names the release
+            path = path / "index.json"
+        paths.append(str(path))
     if config_file is not None:
         paths.append(str(config_file))
     return paths

@@ -55,6 +55,8 @@ class Settings:
     max_binary_bytes: int = 1 << 30
     min_speed_bps: float = 8192.0
     metadata_deadline_s: float = 60.0
+    registry_credentials: Path | None = None
+    mirrors: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
 
     @property
@@ -90,7 +92,8 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     flag: bool = True  # False: file and environment only
-    many: bool = False  # repeatable flag, TOML list, environment items split on ':'
+    many: bool = False  # repeatable flag, TOML list, environment items split on ``separator``
+    separator: str = ":"
 
 
 def _positive(text: str) -> float:
@@ -154,7 +157,9 @@ def _channel(text: str) -> str:
 
 OPTIONS = (
     Option("manifest_url", "manifest_url", str,
-           "URL of version.json (https://, http:// with --allow-http, or file://)"),
+           "URL of version.json (https://, http:// with --allow-http, or file://), "
+           "oci://HOST[:PORT]/REPOSITORY:TAG of a release in a registry, or file:///DIR of "
+           "an OCI image layout"),
     Option("github_repo", "github_repo", str,
            "OWNER/NAME: take releases from the GitHub API instead of --manifest-url"),
     Option("github_api_url", "github_api_url", str,
@@ -201,14 +206,21 @@ OPTIONS = (
            "overall seconds allowed for one binary download (default 600)"),
     Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
            "largest binary accepted, in bytes (default 1 GiB)"),
+    Option("registry_credentials", "registry_credentials", Path,
+           "with an oci:// --manifest-url: Docker config.json whose auths.HOST.auth "
+           "(base64 user:password) is used for that registry or mirror"),
+    Option("mirror", "mirrors", str,
+           "with an oci:// --manifest-url: a registry mirror HOST[:PORT][/PREFIX] asked first, "
+           "falling back to the origin; repeatable (TOML: a list; environment: separated "
+           "by ',')", many=True, separator=","),
 )
 BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 
 
-def _items(raw: Any) -> list[str]:
-    """A ``many`` option's values: a list (flags, TOML) or ``:``-separated (environment)."""
+def _items(raw: Any, separator: str = ":") -> list[str]:
+    """A ``many`` option's values: a list (flags, TOML) or separated (environment)."""
     if isinstance(raw, str):
-        return [item for item in raw.split(":") if item]
+        return [item.strip() for item in raw.split(separator) if item.strip()]
     if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
         return list(raw)
     raise ValueError(f"{raw!r} is not a list of strings")
@@ -266,7 +278,7 @@ def load(
             continue
         try:
             if opt.many:
-                values[opt.field] = tuple(opt.parse(item) for item in _items(raw))
+                values[opt.field] = tuple(opt.parse(item) for item in _items(raw, opt.separator))
             else:
                 if isinstance(raw, bool) and opt.key not in BOOL_FLAGS:
                     raise ValueError(f"{raw!r} is not a valid value here")
@@ -298,12 +310,14 @@ def validate(s: Settings) -> None:
         _validate_github(s)
     elif s.manifest_url:
         scheme = _scheme(s.manifest_url, "--manifest-url")
-        if scheme not in ("https", "http", "file"):
+        if scheme not in ("https", "http", "file", "oci"):
             raise ConfigError(f"--manifest-url {s.manifest_url!r}: use an https:// URL "
-                              "(or file:// for a local directory)")
+                              "(or file:// for a local directory, oci://HOST/REPOSITORY:TAG for a "
+                              "registry)")
         if scheme == "http" and not s.allow_http:
             raise ConfigError(f"--manifest-url {s.manifest_url} is plain http: use https, "
                               "or pass --allow-http for a trusted network")
+    _validate_oci(s)
     if s.ca_file is not None and not s.ca_file.is_file():
         raise ConfigError(f"--ca-file {s.ca_file} does not exist")
     if s.seed_binary is not None and not s.seed_binary.is_file():
@@ -349,3 +363,19 @@ def _validate_github(s: Settings) -> None:
     if scheme == "http" and not s.allow_http:
         raise ConfigError(f"--github-api-url {s.github_api_url} is plain http: use https, "
                           "or pass --allow-http for a trusted network")
+
+
+def _validate_oci(s: Settings) -> None:
+    oci = (s.manifest_url or "").startswith("oci:")
+    if (s.mirrors or s.registry_credentials is not None) and not oci:
+        raise ConfigError("--mirror and --registry-credentials need a --manifest-url "
+                          "oci://HOST/REPOSITORY:TAG")
+    if not oci:
+        return
+    from launcher.sources.reference import parse_mirror, parse_reference  # standard library
+
+    parse_reference(s.manifest_url or "")
+    for mirror in s.mirrors:
+        parse_mirror(mirror)
+    if s.registry_credentials is not None and not s.registry_credentials.is_file():
+        raise ConfigError(f"--registry-credentials {s.registry_credentials} does not exist")

@@ -30,7 +30,7 @@ import httpx
 
 from launcher import faults
 from launcher import trust as trusted
-from launcher.errors import InsecureError, LauncherError, SignatureError
+from launcher.errors import InsecureError, LauncherError, ManifestError, SignatureError
 from launcher.redact import RedactFilter, redact
 from launcher.sources.http import (
     METADATA_DEADLINE_S,
@@ -45,7 +45,6 @@ from launcher.sources.local import LocalSource
 if TYPE_CHECKING:
     from launcher.manifest import Binary
     from launcher.sources.base import Source
-    from launcher.sources.github import GitHubSource
 
 # The rest (pydantic models, policy, signatures, download, preflight) is imported only once
 # the source has answered with a new manifest: a no-change check, the common case, pays for
@@ -165,14 +164,23 @@ def _check(
     return result
 
 
-def _source(s: dict[str, Any], client: httpx.Client) -> HttpSource | LocalSource | GitHubSource:
+def _source(s: dict[str, Any], client: httpx.Client) -> Source:
     url = s["manifest_url"]
     if s.get("github_repo"):
         from launcher.sources import github
 
         return github.from_settings(s, client)
+    if urlsplit(url).scheme == "oci":
+        from launcher.sources import oci
+
+        return oci.from_settings(s, client)
     if urlsplit(url).scheme == "file":
-        return LocalSource.from_url(url)
+        local = LocalSource.from_url(url)
+        if (local.path / "oci-layout").is_file():  # an offline bundle (OCI image layout)
+            from launcher.sources.layout import LayoutSource
+
+            return LayoutSource(local.path, channel=str(s.get("channel") or "stable"))
+        return local
     # .get: a resident started before an upgrade sends the settings it knew.
     return HttpSource(url, client=client,
                       deadline_s=float(s.get("metadata_deadline_s") or METADATA_DEADLINE_S),
@@ -187,7 +195,14 @@ def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     # Plain http is refused by the client itself, on this URL and every redirect hop.
-    if urlsplit(binary.url).scheme == "file":
+    from launcher.sources.base import CarriesBinaries
+
+    if isinstance(source, CarriesBinaries):
+        staged = source.stage_binary(binary, s["platform"], bin_dir, s)
+    elif urlsplit(binary.url).scheme == "oci":
+        raise ManifestError(f"binary URL {binary.url} names a blob of an OCI release: it "
+                            "installs only from an OCI registry or layout source")
+    elif urlsplit(binary.url).scheme == "file":
         if not isinstance(source, LocalSource):
             raise InsecureError(f"refusing local file URL {binary.url} from a remote manifest")
         staged = download.copy_local(

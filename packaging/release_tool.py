@@ -4,6 +4,8 @@
     python3 packaging/release_tool.py VERSION [--binary FILE] [--release-dir DIR]
                                               [--base-url URL] [--sign-key FILE]
                                               [--expires-in DAYS | --no-expires] [--serial N]
+    python3 packaging/release_tool.py VERSION --oci-push oci://HOST/REPO:TAG | --oci-layout DIR
+                                              [--registry-credentials FILE] [--ca-file FILE]
     python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
                                               FILE] [--expires-in DAYS | --no-expires]
 
@@ -33,6 +35,11 @@ release instead (``agent-linux-amd64``, ``agent-linux-arm64``, ``version.json``,
 ``SHA256SUMS`` and, with ``--sign-key``, ``version.json.minisig``), its URLs pointing at
 ``https://github.com/OWNER/REPO/releases/download/vVERSION/`` with ``--github-repo``, else
 at ``--base-url``. Upload them to the release tagged ``vVERSION``.
+
+With ``--oci-push oci://HOST[:PORT]/REPO:TAG`` (repeatable; ``--registry-credentials FILE``,
+``--ca-file FILE``) and/or ``--oci-layout DIR`` nothing is published into a release
+directory: the release goes to a registry as an OCI artifact, or into DIR as an OCI image
+layout (an offline bundle), see ``oci_release.py``. Both need the venv's Python.
 
 Exit codes: 0 published; 2 bad arguments (version, missing binary); 1 anything else.
 Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py).
@@ -220,6 +227,62 @@ def write_assets(
     return manifest
 
 
+def publish_oci(
+    version: str,
+    *,
+    push_urls: tuple[str, ...] = (),
+    layout_dir: Path | None = None,
+    binary: Path | None = None,
+    sign_key: Path | None = None,
+    credentials: Path | None = None,
+    ca_file: Path | None = None,
+    release_date: datetime | None = None,
+    expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
+    serial: int | None = None,
+    channel: str = "stable",
+    log: Any = print,
+) -> dict[str, Any]:
+    """The release as an OCI artifact: pushed to each of ``push_urls`` and/or written as an
+    image layout in ``layout_dir`` (see ``oci_release.py``); return the signed manifest."""
+    import oci_release  # imports the launcher package's artifact definitions
+
+    check_version(version)
+    if binary is not None and not Path(binary).is_file():
+        raise ReleaseError(f"--binary {binary}: no such file")
+    secret = load_sign_key(sign_key) if sign_key is not None else None
+    now = datetime.now(UTC)
+    seen = [oci_release.layout_serial(layout_dir, channel) if layout_dir else None,
+            *(oci_release.pushed_serial(url, credentials=credentials, ca_file=ca_file)
+              for url in push_urls)]
+    try:
+        fresh = {"serial": next_serial(max((x for x in seen if x is not None), default=None),
+                                       now, serial),
+                 "expires": expires_at(now, expires_in_days)}
+    except FreshnessError as exc:
+        raise ReleaseError(str(exc)) from exc
+    with tempfile.TemporaryDirectory(prefix="release-") as scratch:
+        source = build_agent(version, Path(scratch) / "agent") if binary is None else Path(binary)
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in read_chunks(source):
+            digest.update(chunk)
+            size += len(chunk)
+        files = {platform: (digest.hexdigest(), size) for platform in PLATFORMS}
+        date = format_release_date(release_date or now)
+        manifest = oci_release.oci_manifest(stamp(build_manifest(version, "oci:", date, files),
+                                                  channel=channel, **fresh))
+        body = (json.dumps(manifest, indent=2) + "\n").encode()
+        release = oci_release.build(
+            version, {p: (source, sha, n) for p, (sha, n) in files.items()}, body,
+            sign(body, secret) if secret is not None else None)
+        if layout_dir is not None:
+            oci_release.write_layout(Path(layout_dir), release, channel)
+            log(f"wrote OCI layout {layout_dir} = {release.index_digest} (version {version})")
+        for url in push_urls:
+            oci_release.push(url, release, credentials=credentials, ca_file=ca_file, log=log)
+    return manifest
+
+
 def _freshness(previous: Path, now: datetime, expires_in_days: float | None,
                serial: int | None) -> dict[str, Any]:
     try:
@@ -247,7 +310,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a GitHub release's assets into DIR instead of publishing")
     parser.add_argument("--github-repo", metavar="OWNER/REPO",
                         help="with --assets-dir: URLs of github.com/OWNER/REPO release vVERSION")
+    parser.add_argument("--oci-push", metavar="oci://HOST[:PORT]/REPO:TAG", action="append",
+                        help="push the release to a registry as an OCI artifact instead; "
+                             "repeatable (the same release to each, e.g. a mirror)")
+    parser.add_argument("--oci-layout", type=Path, metavar="DIR",
+                        help="write the release as an OCI image layout (an offline bundle) "
+                             "into DIR instead")
+    parser.add_argument("--registry-credentials", type=Path, metavar="FILE",
+                        help="with --oci-push: Docker config.json holding the registry's "
+                             "auths.HOST.auth")
+    parser.add_argument("--ca-file", type=Path, metavar="FILE",
+                        help="with --oci-push: extra trusted CA bundle (PEM)")
     args = parser.parse_args(argv)
+    if args.oci_push is not None or args.oci_layout is not None:
+        return _main_oci(args)
     if args.assets_dir is not None:
         return _main_assets(args)
     release_dir: Path = args.release_dir
@@ -269,6 +345,25 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.base_url})")
     if args.sign_key is not None:
         print(f"signed {release_dir / SIGNATURE_NAME} with {args.sign_key}")
+    return 0
+
+
+def _main_oci(args: argparse.Namespace) -> int:
+    from oci_release import PushError
+
+    try:
+        publish_oci(args.version, push_urls=tuple(args.oci_push or ()),
+                    layout_dir=args.oci_layout,
+                    binary=args.binary, sign_key=args.sign_key,
+                    credentials=args.registry_credentials, ca_file=args.ca_file,
+                    serial=args.serial,
+                    expires_in_days=None if args.no_expires else args.expires_in)
+    except ReleaseError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 2
+    except (PushError, OSError) as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

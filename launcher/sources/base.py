@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from launcher.manifest import Binary
 
 
 @dataclass(frozen=True)
@@ -37,4 +42,15 @@ class Source(Protocol):
         Asked for right after a full ``fetch`` when public keys are configured; a missing
         one raises SignatureError.
         """
+        ...
+
+
+@runtime_checkable
+class CarriesBinaries(Protocol):
+    """A source whose builds live in it (an OCI artifact), not at the manifest's URLs."""
+
+    def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
+                     s: Mapping[str, Any]) -> Path:
+        """The build for ``platform`` in a temp file in ``dest_dir``, checked against
+        ``binary`` (the signed sha256 and size)."""
         ...

@@ -1,0 +1,285 @@
+"""Releases from a real OCI registry: Debian's docker-registry, TLS, bearer-token auth.
+
+One registry behind a token server (the origin: ``alice`` may push and pull, anonymous
+requests may pull ``public/*`` only) and one anonymous registry used as a mirror, both for
+the whole module; each test works in a repository of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import oci_release
+import pytest
+import release_tool
+from conftest import ROOT, Launcher, free_port, https_args, run_cli, script_agent
+from oci_registry import RegistryProcess, TokenServer, docker_config
+from release_server import ReleaseServer, Route, tls_context
+from signing import Key, make_key
+
+from launcher.sources.http import make_client
+from launcher.worker import run_check
+
+USER, PASSWORD = "alice", "wonderland"
+
+
+@pytest.fixture(scope="module")
+def tokens(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
+    with TokenServer(ca, tmp_path_factory.mktemp("tokens"), users={USER: PASSWORD},
+                     public=("public/",)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def origin(ca: Any, tokens: TokenServer,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    with RegistryProcess(tmp_path_factory.mktemp("origin"), ca,
+                         auth=tokens.auth_config()) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def mirror(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    with RegistryProcess(tmp_path_factory.mktemp("mirror"), ca) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Key:
+    return make_key(tmp_path_factory.mktemp("keys"), "release")
+
+
+@pytest.fixture(scope="module")
+def creds(origin: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return docker_config(tmp_path_factory.mktemp("creds") / "config.json", origin.host, USER,
+                         PASSWORD)
+
+
+@pytest.fixture
+def repo(request: pytest.FixtureRequest) -> str:
+    """A repository name of this test's own."""
+    return "t/" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+
+
+def push(version: str, binary: Path, key: Key, creds: Path, ca_file: Path,
+         *urls: str) -> dict[str, Any]:
+    return release_tool.publish_oci(version, push_urls=urls, binary=binary,
+                                    sign_key=key.secret, credentials=creds, ca_file=ca_file,
+                                    log=lambda _: None)
+
+
+def settings(url: str, tmp_path: Path, ca_file: Path, key: Key, **over: Any) -> dict[str, Any]:
+    return {"manifest_url": url, "ca_file": str(ca_file), "public_keys": [str(key.public)],
+            "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
+            "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0,
+            "metadata_deadline_s": 30.0, **over}
+
+
+def stage(s: dict[str, Any], client: httpx.Client | None = None) -> Any:
+    return run_check({"settings": s, "host_id": "test-host", "stage": True}, client=client)
+
+
+def test_release_tool_pushes_and_a_launcher_installs_and_updates(
+        origin: RegistryProcess, tokens: TokenServer, key: Key, creds: Path, ca_file: Path,
+        repo: str, launcher: Callable[..., Launcher], build: Callable[[str], Path]) -> None:
+    """release_tool.py --oci-push, then a real launcher installs 0.1.1 from oci:// and
+    updates to 0.1.2 when the tag moves; every registry request was authorised by a token."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    pushed = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "release_tool.py"), "0.1.1", "--binary",
+         str(build("0.1.1")), "--sign-key", str(key.secret), "--oci-push", url,
+         "--registry-credentials", str(creds), "--ca-file", str(ca_file)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"pushed {url} = sha256:" in pushed.stdout
+    lch = launcher()
+    lch.start(*https_args(lch, "--manifest-url", url, ca_file=ca_file,
+                          public_keys=(key.public,)),
+              "--registry-credentials", str(creds), "--seed-binary", str(build("0.1.0")))
+    lch.wait_healthy("0.1.1", timeout=30)
+    push("0.1.2", build("0.1.2"), key, creds, ca_file, url)
+    lch.wait_healthy("0.1.2", timeout=30)
+    st = lch.wait_state(lambda s: s.get("phase") == "committed"
+                        and s["current"]["version"] == "0.1.2", what="0.1.2 committed")
+    assert st["last_error"] is None
+    lch.wait_log("manifest not modified", timeout=30)  # If-None-Match with the index digest
+    assert lch.state()["etag"].startswith('"sha256:')
+    pulls = [r for r in tokens.requests if r["scope"] == f"repository:{repo}:pull"]
+    assert pulls and all(r["user"] == USER for r in pulls)
+    assert lch.stop() == 0
+
+
+def test_anonymous_pull_where_the_token_server_allows_it(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, tmp_path: Path,
+        build: Callable[[str], Path]) -> None:
+    """No credentials: a public repository installs; a private one is a clear refusal."""
+    push("0.1.1", build("0.1.1"), key, creds, ca_file,
+         f"oci://{origin.host}/public/agent:stable", f"oci://{origin.host}/private/agent:stable")
+    result = stage(settings(f"oci://{origin.host}/public/agent:stable", tmp_path, ca_file, key))
+    assert result.outcome == "staged", result
+    assert result.version == "0.1.1"
+    out = run_cli("check", "--json", "--manifest-url", f"oci://{origin.host}/private/agent:stable",
+                  "--ca-file", str(ca_file), "--public-key", str(key.public), "--state-dir",
+                  str(tmp_path / "s2"), "--platform", "linux-amd64")
+    refused = json.loads(out.stdout)
+    assert out.returncode == 1
+    assert refused["error"] == (
+        f"transport: registry {origin.host} refused an anonymous request for "
+        f"https://{origin.host}/v2/private/agent/manifests/stable (HTTP 401): give "
+        "--registry-credentials")
+
+
+def test_wrong_credentials_are_a_clear_error(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """A wrong password: the token server refuses it, and the error says who and where."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    push("0.1.1", build("0.1.1"), key, creds, ca_file, url)
+    wrong = docker_config(tmp_path / "wrong.json", origin.host, USER, "not-the-password")
+    out = run_cli("check", "--json", "--manifest-url", url, "--registry-credentials",
+                  str(wrong), "--ca-file", str(ca_file), "--public-key", str(key.public),
+                  "--state-dir", str(tmp_path / "state"), "--platform", "linux-amd64")
+    assert out.returncode == 1
+    error = json.loads(out.stdout)["error"]
+    assert error.startswith("transport: the token server 127.0.0.1 of registry "
+                            f"{origin.host} refused user {USER} for repository:{repo}:pull "
+                            "(HTTP 401)"), error
+    assert "not-the-password" not in out.stdout + out.stderr
+
+
+def test_a_layer_other_than_the_signed_build_is_refused(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """An index whose platform layer is another blob than the signed sha256: refused
+    (``sha256``) before anything is downloaded."""
+    genuine, other = build("0.1.1"), build("0.1.2")
+    manifest = oci_release.oci_manifest(release_tool.stamp(release_tool.build_manifest(
+        "0.1.1", "oci:", "2026-01-01T00:00:00Z",
+        {p: (release_tool.hashlib.sha256(genuine.read_bytes()).hexdigest(),
+             genuine.stat().st_size) for p in release_tool.PLATFORMS}),
+        serial=1, expires=None))
+    body = json.dumps(manifest).encode()
+    sha, size = release_tool.hashlib.sha256(other.read_bytes()).hexdigest(), other.stat().st_size
+    artifact = oci_release.build("0.1.1", {p: (other, sha, size) for p in release_tool.PLATFORMS},
+                                 body, release_tool.sign(body, key.loaded()))
+    url = f"oci://{origin.host}/{repo}:stable"
+    oci_release.push(url, artifact, credentials=creds, ca_file=ca_file, log=lambda _: None)
+    result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(creds)))
+    assert result.outcome == "error" and result.error_kind == "sha256", result
+    assert "the registry names sha256:" + sha in result.error
+    assert list((tmp_path / "state" / "bin").iterdir()) == []
+
+
+def test_a_tampered_blob_in_the_registry_is_refused(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path, launcher: Callable[..., Launcher], build: Callable[[str], Path]) -> None:
+    """The registry's storage serves other bytes for the build's digest: the download is
+    refused (``sha256``) and the running agent is untouched."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    # A build of this test's own: blobs are shared by every repository of the registry.
+    own = script_agent(tmp_path / "agent-0.1.1", "0.1.1", f"# {repo}\nsleep 60")
+    manifest = push("0.1.1", own, key, creds, ca_file, url)
+    blob = origin.blob_file("sha256:" + manifest["binaries"]["linux-amd64"]["sha256"])
+    data = bytearray(blob.read_bytes())
+    data[-2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    lch = launcher()
+    lch.start(*https_args(lch, "--manifest-url", url, ca_file=ca_file,
+                          public_keys=(key.public,)),
+              "--registry-credentials", str(creds), "--seed-binary", str(build("0.1.0")))
+    lch.wait_healthy("0.1.0")
+    st = lch.wait_state(lambda s: (s.get("last_error") or "").startswith("sha256:")
+                        and s.get("consecutive_failures", 0) >= 2, what="two sha256 refusals")
+    assert "sha256 mismatch for https://" in st["last_error"]
+    assert st["current"]["version"] == "0.1.0" and st["bad"] == []
+    assert sorted(p.name for p in (lch.state_dir / "bin").iterdir()) == ["agent"]
+    assert (lch.health() or {}).get("version") == "0.1.0"
+    assert lch.stop() == 0
+
+
+def test_the_mirror_is_asked_first_and_the_origin_is_the_fallback(
+        origin: RegistryProcess, mirror: RegistryProcess, tokens: TokenServer, key: Key,
+        creds: Path, ca_file: Path, repo: str, tmp_path: Path,
+        build: Callable[[str], Path]) -> None:
+    """The same release on a mirror and the origin: the mirror serves all of it (the origin
+    is never asked); with the mirror down, or lacking the repository, the origin does."""
+    push("0.1.1", build("0.1.1"), key, creds, ca_file, f"oci://{origin.host}/{repo}:stable",
+         f"oci://{mirror.host}/{repo}:stable")
+    url = f"oci://{origin.host}/{repo}:stable"
+
+    def origin_pulls() -> int:
+        return sum(r["scope"] == f"repository:{repo}:pull" for r in tokens.requests)
+
+    before = origin_pulls()
+    served = stage(settings(url, tmp_path / "a", ca_file, key, mirrors=[mirror.host],
+                            registry_credentials=str(creds)))
+    assert served.outcome == "staged", served
+    assert origin_pulls() == before, "the origin was asked although the mirror had it all"
+    down = f"127.0.0.1:{free_port()}"
+    for mirrors in ([down], [f"{mirror.host}/elsewhere"]):
+        fallback = stage(settings(url, tmp_path / mirrors[0].replace("/", "-"), ca_file, key,
+                                  mirrors=mirrors, registry_credentials=str(creds)))
+        assert fallback.outcome == "staged", fallback
+        assert fallback.sha256 == served.sha256
+    assert origin_pulls() >= before + 2
+
+
+def test_a_tag_moved_after_it_was_resolved_does_not_mix_releases(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """The tag moves to 0.1.2 right after this check read it: the check stages 0.1.1, all
+    of it, and never asks for the tag again."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    push("0.1.1", build("0.1.1"), key, creds, ca_file, url)
+    asked: list[str] = []
+
+    def moved_once(response: httpx.Response) -> None:
+        asked.append(response.request.url.path)
+        if response.request.url.path.endswith("/manifests/stable") \
+                and response.status_code == 200 and len(
+                    [p for p in asked if p.endswith("/manifests/stable")]) == 2:
+            push("0.1.2", build("0.1.2"), key, creds, ca_file, url)
+
+    with make_client(ca_file=str(ca_file)) as client:
+        client.event_hooks["response"].append(moved_once)
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(creds)),
+                       client)
+    assert result.outcome == "staged" and result.version == "0.1.1", result
+    staged = tmp_path / "state" / "bin" / result.file
+    assert staged.read_bytes() == build("0.1.1").read_bytes()
+    assert [p for p in asked if p.endswith("/manifests/stable")] == [
+        f"/v2/{repo}/manifests/stable"] * 2  # the 401, then the answer: one resolution
+    assert all("/manifests/sha256:" in p or "/blobs/sha256:" in p or p in ("/v2/", "/token")
+               for p in asked if not p.endswith("/manifests/stable"))
+    again = stage(settings(url, tmp_path / "later", ca_file, key,
+                           registry_credentials=str(creds)))
+    assert again.version == "0.1.2", "the tag did move: the next check sees it"
+
+
+def test_blobs_redirected_to_storage_are_fetched_without_the_registry_token(
+        ca: Any, tokens: TokenServer, key: Key, ca_file: Path, tmp_path: Path,
+        build: Callable[[str], Path]) -> None:
+    """A registry that answers blob GETs with a redirect to blob storage (another https
+    origin): the launcher follows it, and the storage never sees the registry's token."""
+    with ReleaseServer(tls_context(ca), host="localhost") as storage, RegistryProcess(
+            tmp_path, ca, auth=tokens.auth_config(),
+            redirect_to=storage.url("/")) as registry:
+        own = docker_config(tmp_path / "config.json", registry.host, USER, PASSWORD)
+        url = f"oci://{registry.host}/agent:stable"
+        manifest = push("0.1.1", build("0.1.1"), key, own, ca_file, url)
+        for path, body in registry.stored_blobs().items():
+            storage.publish(path, Route(body=body))
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(own)))
+    assert result.outcome == "staged", result
+    sha = manifest["binaries"]["linux-amd64"]["sha256"]
+    fetched = [r for r in storage.requests if sha in r.path]
+    assert len(fetched) == 1
+    assert all("Authorization" not in r.headers and "authorization" not in r.headers
+               for r in storage.requests)

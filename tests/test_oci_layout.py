@@ -1,0 +1,133 @@
+"""The offline bundle: an OCI image layout, installed from ``file:///DIR`` and copied by
+``skopeo`` (a standard OCI tool) into a real registry the launcher then installs from."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import release_tool
+from conftest import ROOT, Launcher, https_args, run_cli, unavailable
+from oci_registry import RegistryProcess
+from signing import Key, make_key
+
+from launcher.worker import run_check
+
+
+@pytest.fixture(scope="module")
+def registry(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    with RegistryProcess(tmp_path_factory.mktemp("registry"), ca) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Key:
+    return make_key(tmp_path_factory.mktemp("keys"), "release")
+
+
+def write_layout(directory: Path, version: str, binary: Path, key: Key) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "release_tool.py"), version, "--binary",
+         str(binary), "--sign-key", str(key.secret), "--oci-layout", str(directory)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote OCI layout {directory} = sha256:" in done.stdout
+
+
+def test_offline_bundle_installs_and_updates_from_file_dir(
+        tmp_path: Path, key: Key, ca_file: Path, launcher: Callable[..., Launcher],
+        build: Callable[[str], Path]) -> None:
+    """release_tool.py --oci-layout DIR; a real launcher on file:///DIR installs 0.1.1, and
+    0.1.2 written into the same DIR (index.json replaced last) is picked up at once."""
+    bundle = tmp_path / "bundle"
+    write_layout(bundle, "0.1.1", build("0.1.1"), key)
+    assert json.loads((bundle / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    lch = launcher()
+    # An hour between polls: only the watched index.json can bring 0.1.2 in time.
+    lch.start(*https_args(lch, "--manifest-url", f"file://{bundle}", public_keys=(key.public,),
+                          **{"--poll-interval": "3600"}),
+              "--seed-binary", str(build("0.1.0")))
+    lch.wait_healthy("0.1.1", timeout=30)
+    write_layout(bundle, "0.1.2", build("0.1.2"), key)
+    lch.wait_healthy("0.1.2", timeout=30)
+    st = lch.wait_state(lambda s: s.get("phase") == "committed"
+                        and s["current"]["version"] == "0.1.2", what="0.1.2 committed")
+    assert st["last_error"] is None
+    assert lch.stop() == 0
+
+
+def test_skopeo_copies_the_bundle_into_a_registry_that_then_serves_it(
+        tmp_path: Path, key: Key, ca_file: Path, registry: RegistryProcess,
+        build: Callable[[str], Path]) -> None:
+    """``skopeo copy --all oci:DIR:stable docker://...`` takes the bundle as it is (digests
+    kept), and a launcher checking the copy finds the signed release."""
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        unavailable("skopeo is not installed (apt-get install -y skopeo)")
+    assert skopeo is not None
+    bundle = tmp_path / "bundle"
+    write_layout(bundle, "0.1.1", build("0.1.1"), key)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shutil.copy(ca_file, certs / "ca.crt")
+    copied = subprocess.run(
+        [skopeo, "copy", "--all", "--dest-cert-dir", str(certs), f"oci:{bundle}:stable",
+         f"docker://{registry.host}/copied/agent:stable"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert copied.returncode == 0, copied.stderr
+    raw = subprocess.run([skopeo, "inspect", "--raw", "--cert-dir", str(certs),
+                          f"docker://{registry.host}/copied/agent:stable"],
+                         capture_output=True, check=True, timeout=60).stdout
+    index = json.loads((bundle / "index.json").read_text())["manifests"][0]
+    ours = json.loads((bundle / "blobs" / "sha256" / index["digest"][7:]).read_bytes())
+    # skopeo rewrites the index (dropping the entries' artifactType); the manifests it names,
+    # and so every blob, stay the very bytes the release tool wrote.
+    assert sorted(e["digest"] for e in json.loads(raw)["manifests"]) == sorted(
+        e["digest"] for e in ours["manifests"])
+    out = run_cli("check", "--json", "--manifest-url",
+                  f"oci://{registry.host}/copied/agent:stable", "--ca-file", str(ca_file),
+                  "--public-key", str(key.public), "--state-dir", str(tmp_path / "state"),
+                  "--platform", "linux-arm64")
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    assert result["outcome"] == "install" and result["version"] == "0.1.1"
+
+
+def test_a_tampered_blob_in_the_bundle_is_refused(tmp_path: Path, key: Key,
+                                                  build: Callable[[str], Path]) -> None:
+    """Other bytes under the build's digest in blobs/sha256: refused (``sha256``)."""
+    bundle = tmp_path / "bundle"
+    manifest = release_tool.publish_oci("0.1.1", layout_dir=bundle, binary=build("0.1.1"),
+                                        sign_key=key.secret, log=lambda _: None)
+    blob = bundle / "blobs" / "sha256" / manifest["binaries"]["linux-amd64"]["sha256"]
+    data = bytearray(blob.read_bytes())
+    data[10] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    result = run_check({"host_id": "h", "stage": True, "settings": {
+        "manifest_url": f"file://{bundle}", "public_keys": [str(key.public)],
+        "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
+        "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})
+    assert result.outcome == "error" and result.error_kind == "sha256", result
+    assert list((tmp_path / "state" / "bin").iterdir()) == []
+
+
+def test_an_unsigned_bundle_is_refused_when_a_key_is_configured(
+        tmp_path: Path, key: Key, build: Callable[[str], Path]) -> None:
+    """A release without its version.json.minisig layer: ``signature``, nothing staged."""
+    bundle = tmp_path / "bundle"
+    release_tool.publish_oci("0.1.1", layout_dir=bundle, binary=build("0.1.1"),
+                             log=lambda _: None)
+    result = run_check({"host_id": "h", "stage": True, "settings": {
+        "manifest_url": f"file://{bundle}", "public_keys": [str(key.public)],
+        "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
+        "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})
+    assert result.outcome == "error" and result.error_kind == "signature", result
+    assert "missing signature" in (result.error or "")
+    assert not (tmp_path / "state" / "bin").exists() or not any(
+        (tmp_path / "state" / "bin").iterdir())
