@@ -55,6 +55,9 @@ class Settings:
     max_binary_bytes: int = 1 << 30
     min_speed_bps: float = 8192.0
     metadata_deadline_s: float = 60.0
+    hold: str | None = None  # launcher.controls: the fleet-wide hold's reason
+    pin: str | None = None
+    windows: tuple[str, ...] = ()  # launcher.window specs
     agent_args: tuple[str, ...] = ()
 
     @property
@@ -90,7 +93,8 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     flag: bool = True  # False: file and environment only
-    many: bool = False  # repeatable flag, TOML list, environment items split on ':'
+    many: bool = False  # repeatable flag, TOML list, environment items split on ``sep``
+    sep: str = ":"
 
 
 def _positive(text: str) -> float:
@@ -151,6 +155,25 @@ def _channel(text: str) -> str:
         raise ValueError(f"{text!r} is not a channel name (letters, digits, '.', '_', '-')")
     return text
 
+def _window(text: str) -> str:
+    from launcher import window  # standard library (zoneinfo)
+
+    return window.parse(text).spec
+
+
+def _hold(text: str) -> str | None:
+    if len(text) > 500 or not text.isprintable():
+        raise ValueError("the hold's reason must be one line of at most 500 characters")
+    return text.strip() or None
+
+
+def _pin(text: str) -> str:
+    from launcher import layout
+
+    if not layout.safe_name(text) or not text[:1].isdigit():
+        raise ValueError(f"{text!r} is not a version")
+    return text
+
 
 OPTIONS = (
     Option("manifest_url", "manifest_url", str,
@@ -201,14 +224,22 @@ OPTIONS = (
            "overall seconds allowed for one binary download (default 600)"),
     Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
            "largest binary accepted, in bytes (default 1 GiB)"),
+    Option("hold", "hold", _hold,
+           "hold every host of this config: no update is applied (checks go on); the "
+           "text is the reason shown by status"),
+    Option("pin", "pin", _pin, "never update above this version"),
+    Option("window", "windows", _window,
+           "maintenance window 'DAYS HH:MM-HH:MM ZONE' (e.g. 'Mon-Fri 02:00-04:00 "
+           "Europe/Berlin'); swaps happen only inside one; repeatable (TOML: a list; "
+           "environment: specs separated by ';')", many=True, sep=";"),
 )
 BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 
 
-def _items(raw: Any) -> list[str]:
-    """A ``many`` option's values: a list (flags, TOML) or ``:``-separated (environment)."""
+def _items(raw: Any, sep: str = ":") -> list[str]:
+    """A ``many`` option's values: a list (flags, TOML) or ``sep``-separated (environment)."""
     if isinstance(raw, str):
-        return [item for item in raw.split(":") if item]
+        return [item.strip() for item in raw.split(sep) if item.strip()]
     if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
         return list(raw)
     raise ValueError(f"{raw!r} is not a list of strings")
@@ -266,7 +297,7 @@ def load(
             continue
         try:
             if opt.many:
-                values[opt.field] = tuple(opt.parse(item) for item in _items(raw))
+                values[opt.field] = tuple(opt.parse(item) for item in _items(raw, opt.sep))
             else:
                 if isinstance(raw, bool) and opt.key not in BOOL_FLAGS:
                     raise ValueError(f"{raw!r} is not a valid value here")
