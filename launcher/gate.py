@@ -11,6 +11,8 @@ the build already staged), and it takes each result before the supervisor does:
   it again. A host that was down for a whole window swaps in the next one it sees.
 - a hold wins over a window: a held host stages nothing, and a build waiting when a hold
   comes is dropped;
+- a host with nothing installed takes its first build at once, held or not, window or not
+  (an empty slot is not an update; a pin still applies);
 - ``install VERSION`` swaps at once, window or not, and its request is settled (done,
   failed) in the journal.
 
@@ -36,6 +38,7 @@ TIMER = "window.open"
 NEXT = "agent.next"
 REARM_S = 3600.0
 RETRIED = ("transport", "https", "download", "host")  # an install retried on the next check
+MAX_TRIES = 5  # ... this many times in all (a version that is not published fails for good)
 
 
 class Gate:
@@ -99,7 +102,7 @@ class Gate:
             version = None
         if version is not None:
             return {**request, "install": version, "stage": True}
-        if self.held():
+        if self.held() and self.res.state.current is not None:
             return {**request, "stage": False}
         waiting = self._waiting()
         if waiting is not None and (self.res.s.bin_dir / NEXT).exists():
@@ -123,10 +126,11 @@ class Gate:
         res = self.res
         if res.state.extra.get("available"):
             self._set(available=None)
-        if self.held():  # held since the check started
+        empty = res.state.current is None  # an empty slot is filled at once: not an update
+        if self.held() and not empty:  # held since the check started
             self.discard()
             self._drop(name)
-        elif window.is_open(self._windows(), res.wall()):
+        elif empty or window.is_open(self._windows(), res.wall()):
             if name != NEXT:
                 self.discard()
             self._swap(build, name)
@@ -151,8 +155,13 @@ class Gate:
                                                None if done else res.state.last_error))
             return True
         error = str(r.get("error"))
-        if r.get("error_kind") in RETRIED:
-            log.warning("install of %s: %s; trying again at the next check", version, error)
+        request = controls.install_of(res.state) or {}
+        attempts = request.get("attempts")
+        tries = (attempts if isinstance(attempts, int) else 0) + 1
+        if r.get("error_kind") in RETRIED and tries < MAX_TRIES:
+            log.warning("install of %s: %s; trying again at the next check (%d of %d)",
+                        version, error, tries, MAX_TRIES)
+            self._set(install={**request, "attempts": tries, "error": error})
         else:
             log.error("install of %s refused: %s", version, error)
             res.save(controls.install_step(res.state, version, "failed", res.now_iso(), error))
@@ -170,11 +179,14 @@ class Gate:
             log.error("cannot keep the staged %s for the window: %s", build.version, exc)
             install.clean_temp_files(bin_dir)
             return
+        old = self._waiting() or {}
+        same = (old.get("version"), old.get("sha256")) == (build.version, build.sha256)
         self._set(waiting={"version": build.version, "sha256": build.sha256, "file": NEXT,
-                           "since": self.res.now_iso()})
+                           "since": old.get("since") if same else self.res.now_iso()})
         opens = self._arm()
-        log.info("staged %s; the swap waits for the maintenance window (opens %s)",
-                 build.version, utc_iso(opens) if opens is not None else "?")
+        if not same:
+            log.info("staged %s; the swap waits for the maintenance window (opens %s)",
+                     build.version, utc_iso(opens) if opens is not None else "?")
 
     def _arm(self) -> float | None:
         now = self.res.wall()
