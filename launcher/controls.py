@@ -84,7 +84,7 @@ def command(state: State, request: dict[str, object], at: str) -> tuple[State, A
 
 def _command(state: State, request: dict[str, object], at: str) -> tuple[State, Answer]:
     cmd = request.get("cmd")
-    by = str(request.get("by") or "unknown")[:100]
+    by = who_asked(request)
     if cmd == "hold":
         reason = request.get("reason")
         if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON
@@ -122,6 +122,22 @@ def _command(state: State, request: dict[str, object], at: str) -> tuple[State, 
             message += f"; the config file still pins this host at {config_pin}"
         return state, {"ok": True, "message": message}
     return state, {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def who_asked(request: dict[str, object]) -> str:
+    """Who to journal: the name the CLI gives, checked against the uid the kernel reports
+    for the control socket's peer (when the request came over it)."""
+    said = str(request.get("by") or "unknown")[:100]
+    uid = request.get("peer_uid")
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        return said
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    return said if said.split(" ", 1)[0] == name else f"{name} (says {said})"
 
 
 def _install(state: State, version: str, by: str, at: str) -> tuple[State, Answer]:

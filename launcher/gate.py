@@ -83,7 +83,7 @@ class Gate:
             except OSError as exc:
                 return {"ok": False, "error": "cannot write the journal: "
                         f"{exc.strerror or exc}; nothing was recorded"}
-            log.info("operator (%s): %s: %s", request.get("by"), request.get("cmd"),
+            log.info("operator (%s): %s: %s", controls.who_asked(request), request.get("cmd"),
                      answer.get("message") or answer.get("error"))
             # What the next check decides on changed: a result in flight is not acted on,
             # a build waiting for a window is dropped, and the next check comes now.

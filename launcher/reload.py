@@ -79,7 +79,9 @@ class LiveConfig:
         log.info("config reloaded: %s changed", ", ".join(changed))
         source_changed = new.manifest_url != res.s.manifest_url or new.channel != res.s.channel
         res.s = new
-        res.save(controls.journal_settings(res.state, new, res.now_iso()))
+        journaled = controls.journal_settings(res.state, new, res.now_iso())
+        if journaled is not res.state:
+            res.save(journaled)
         if source_changed:
             checks.epoch += 1
             res.save(dataclasses.replace(res.state, etag=None, last_modified=None))

@@ -124,9 +124,10 @@ class Supervisor:
         res.journal.clean_temp_files()
         stored = res.journal.load()
         state = install.recover(stored or new_state(), s.bin_dir, res.shas)
-        res.save(dataclasses.replace(state, launcher_pid=res.pid, extra={
-            **state.extra, "signatures": s.signatures}))  # status tells what is enforced
-        res.save(controls.journal_settings(res.state, s, res.now_iso()))
+        # Status tells what is enforced: signatures, and the controls the settings set.
+        state = dataclasses.replace(state, launcher_pid=res.pid, extra={
+            **state.extra, "signatures": s.signatures})
+        res.save(controls.journal_settings(state, s, res.now_iso()))
         stop_survivor(res.state.child, s.stop_grace_s, str(s.agent_path))
         if res.state.current is not None and res.state.current.version == "unknown":
             res.save(seeding.learn_version(res.state, s.agent_path, res.run))

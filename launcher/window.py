@@ -13,7 +13,8 @@ offset); a window the change would shrink to nothing keeps its length, so it is 
 only moved by the shift.
 
 Pure functions over Unix times: no clock of their own, so every rule is tested by calling it.
-Standard library only (``zoneinfo``): the resident uses this module.
+Standard library only (``zoneinfo``, imported once a window is configured): the resident
+uses this module.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _TIME = r"([01]\d|2[0-4]):([0-5]\d)(?::([0-5]\d))?"
@@ -38,7 +38,15 @@ class Window:
     zone: str
 
     def tz(self) -> tzinfo:
-        return UTC if self.zone == "UTC" else ZoneInfo(self.zone)
+        """The zone; ValueError when there is no such zone (or it cannot be read)."""
+        if self.zone == "UTC":
+            return UTC
+        from zoneinfo import ZoneInfo  # only with a window: the idle resident does without
+
+        try:
+            return ZoneInfo(self.zone)
+        except (KeyError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown time zone {self.zone!r}") from exc
 
 
 def parse(spec: str) -> Window:
@@ -59,7 +67,7 @@ def parse(spec: str) -> Window:
     window = Window(text, _days(days_text, spec), start, end, zone)
     try:
         window.tz()
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except ValueError as exc:
         raise ValueError(f"window {spec!r}: unknown time zone {zone!r} (an IANA name such "
                          "as Europe/Berlin, or UTC)") from exc
     return window
