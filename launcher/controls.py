@@ -215,8 +215,8 @@ def status_fields(state: State | None, now: float) -> dict[str, Any]:
     specs = state.extra.get("window") or []
     try:
         opens = window.next_window(window.parse_all(specs), now)
-    except ValueError:
-        opens = None
+    except (ValueError, TypeError, AttributeError):  # a journal edited by hand
+        specs, opens = [], None
     waiting = _dict(state.extra.get("waiting"))
     return {
         "hold": hold_of(state),
