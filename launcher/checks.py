@@ -189,6 +189,7 @@ def check_request(settings: dict[str, Any], state: State | None, *, stage: bool,
         "etag": state.etag if state and conditional else None,
         "last_modified": state.last_modified if state and conditional else None,
         "stage": stage,
+        "pin": state.extra.get("pin") if state else None,  # launcher.controls
     }
 
 

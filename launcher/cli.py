@@ -4,7 +4,8 @@ Exit codes: 0 success (``run``: after a requested stop), 2 bad configuration or 
 launcher on the state dir, 3 when ``rollback`` has no other build to go back to (nothing
 is changed), 100 after a swap in container mode (``run``), 1 for other errors (``check``:
 the source did not answer or the manifest was refused); ``run`` passes on the agent's own
-code when it did not stop cleanly.
+code when it did not stop cleanly. ``hold``, ``resume``, ``pin``, ``unpin`` and ``install``
+(``launcher.control_cli``): 0 once recorded, 2 for a bad argument, 1 when refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from launcher import control, permissions, settings, status
+from launcher import control, control_cli, permissions, settings, status
 from launcher.checks import check_request
 from launcher.errors import ConfigError, HostError, LauncherError, LockedError
 from launcher.journal import Journal, State, utc_iso
@@ -108,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     ub = sub.add_parser("unblock", help="allow a build marked bad to be installed again")
     ub.add_argument("version")
     _state_dir_option(ub)
+    control_cli.add_parsers(sub, _state_dir_option)
     return p
 
 
@@ -195,6 +197,8 @@ def _ask_launcher(state_dir: Path, request: dict[str, object],
         print(answer.get("message"))
         return 0
     print(f"error: {answer.get('error')}", file=sys.stderr)
+    if answer.get("bad_argument"):
+        return EXIT_CONFIG
     return EXIT_REFUSED if answer.get("refused") else 1
 
 
@@ -242,7 +246,8 @@ def cmd_unblock(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "status": status.cmd_status,
-            "rollback": cmd_rollback, "unblock": cmd_unblock}
+            "rollback": cmd_rollback, "unblock": cmd_unblock,
+            **dict.fromkeys(control_cli.HELP, control_cli.cmd_control)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

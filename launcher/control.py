@@ -90,6 +90,7 @@ class ControlServer:
         self.handler = handler
         self.loop = loop
         self.conns: dict[int, tuple[socket.socket, bytearray]] = {}
+        self.peers: dict[int, int | None] = {}  # the uid at the other end (SO_PEERCRED)
         loop.add_reader(self.sock.fileno(), self._accept)
 
     def _accept(self) -> None:
@@ -103,6 +104,7 @@ class ControlServer:
         conn.setblocking(False)
         fd = conn.fileno()
         self.conns[fd] = (conn, bytearray())
+        self.peers[fd] = peer_uid(conn)
         self.loop.add_reader(fd, lambda: self._read(fd))
         self.loop.timers.set(f"control.{fd}", REQUEST_DEADLINE_S,
                              lambda: self._answer(fd, {"ok": False, "error": "bad request: "
@@ -119,9 +121,9 @@ class ControlServer:
             chunk = b""
         buf += chunk
         if not chunk or b"\n" in buf or len(buf) > MAX_REQUEST:
-            self._answer(fd, self._handle(bytes(buf)))
+            self._answer(fd, self._handle(bytes(buf), self.peers.get(fd)))
 
-    def _handle(self, data: bytes) -> dict[str, object]:
+    def _handle(self, data: bytes, uid: int | None = None) -> dict[str, object]:
         if len(data) > MAX_REQUEST:
             return {"ok": False, "error": f"bad request: larger than {MAX_REQUEST} bytes"}
         try:
@@ -130,10 +132,14 @@ class ControlServer:
             return {"ok": False, "error": f"bad request: not JSON ({type(exc).__name__})"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "bad request: not a JSON object"}
+        request.pop("peer_uid", None)  # only the kernel says who is asking
+        if uid is not None:
+            request["peer_uid"] = uid
         return self.handler(request)
 
     def _answer(self, fd: int, answer: dict[str, object]) -> None:
         conn, _ = self.conns.pop(fd)
+        self.peers.pop(fd, None)
         self.loop.remove_reader(fd)
         self.loop.timers.cancel(f"control.{fd}")
         with conn, contextlib.suppress(OSError):
@@ -147,6 +153,18 @@ class ControlServer:
         self.sock.close()
         with contextlib.suppress(OSError):  # a state dir turned read-only keeps the name
             self.path.unlink(missing_ok=True)
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED)."""
+    import struct
+
+    try:
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except (OSError, struct.error):
+        return None
+    return int(uid)
 
 
 def socket_path(state_dir: Path) -> Path:

@@ -14,6 +14,7 @@
     │   ├── ChecksumError    sha256 mismatch
     │   └── SignatureError   missing, bad or foreign signature
     ├── PreflightError       the staged build does not run or prints the wrong version
+    ├── BlockedError         ``install VERSION`` of a build marked bad (``unblock`` first)
     └── HostError            this host's: disk full, read-only, missing files
 
 Every error carries ``kind``, one short word an operator can grep for; it becomes the
@@ -90,6 +91,10 @@ class SignatureError(SourceError):
 
 class PreflightError(LauncherError):
     kind = "preflight"
+
+
+class BlockedError(LauncherError):
+    kind = "blocked"
 
 
 class HostError(LauncherError):

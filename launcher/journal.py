@@ -28,6 +28,8 @@ How a restarted launcher resumes each phase (``install.recover`` and the supervi
 A bad mark is written before any file moves. When that write failed (disk full,
 read-only) or was lost with a torn journal, the trial row above re-derives it.
 ``.state.json.*.tmp`` files left by a kill inside a write are removed at start.
+Operator controls (hold, pin, install requests, a build waiting for a maintenance window
+as ``bin/agent.next``) live under ``extra``; ``launcher.controls`` names the fields.
 Filesystems without hard links (vfat, many FUSE mounts) get a copy, fsync and rename
 where a link would be used, with the same guarantees.
 """

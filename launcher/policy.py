@@ -39,6 +39,7 @@ def decide(
     candidate_sha256: str,
     cohort: float | None,
     rollout_percent: float | None,
+    pins: Iterable[str] = (),
 ) -> Decision:
     """Decide whether to install or update to ``candidate``.
 
@@ -46,7 +47,8 @@ def decide(
     is marked bad (a host with no agent takes the current release whatever the rollout).
     Otherwise the candidate must be strictly newer, not marked bad (same version *and*
     sha256), and admitted by the rollout (``cohort < percent``; no rollout admits all; a
-    host without a cohort is admitted only at 100%). Versions must be valid PEP 440 versions
+    host without a cohort is admitted only at 100%). A candidate above any of ``pins`` is
+    never taken, not even by an empty host. Versions must be valid PEP 440 versions
     (``InvalidVersion`` otherwise).
     """
     from packaging.version import InvalidVersion, Version  # lazily: the resident never decides
@@ -54,6 +56,9 @@ def decide(
     wanted = Version(candidate)
     sha = candidate_sha256.lower()
     bad_reason = f"{candidate} (sha256 {sha[:8]}…) is marked bad"
+    for pin in pins:  # launcher.controls: an operator's cap, before anything else
+        if wanted > Version(pin):
+            return Decision("none", f"{candidate} is above the pin {pin}")
     if current is None:
         if is_bad(candidate, sha, bad):
             return Decision("none", bad_reason)

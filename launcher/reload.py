@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from launcher import controls
 from launcher.errors import ConfigError
 from launcher.resident import Resident
 from launcher.settings import Settings
@@ -80,8 +81,11 @@ class LiveConfig:
         if not changed:
             return
         log.info("config reloaded: %s changed", ", ".join(changed))
-        source_changed = new.manifest_url != res.s.manifest_url
+        source_changed = new.manifest_url != res.s.manifest_url or new.channel != res.s.channel
         res.s = new
+        journaled = controls.journal_settings(res.state, new, res.now_iso())
+        if journaled is not res.state:
+            res.save(journaled)
         if source_changed:
             checks.epoch += 1
             res.save(dataclasses.replace(res.state, etag=None, last_modified=None))

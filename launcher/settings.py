@@ -57,6 +57,9 @@ class Settings:
     metadata_deadline_s: float = 60.0
     registry_credentials: Path | None = None
     mirrors: tuple[str, ...] = ()
+    hold: str | None = None  # launcher.controls: the fleet-wide hold's reason
+    pin: str | None = None
+    windows: tuple[str, ...] = ()  # launcher.window specs
     agent_args: tuple[str, ...] = ()
 
     @property
@@ -154,6 +157,25 @@ def _channel(text: str) -> str:
         raise ValueError(f"{text!r} is not a channel name (letters, digits, '.', '_', '-')")
     return text
 
+def _window(text: str) -> str:
+    from launcher import window  # standard library (zoneinfo)
+
+    return window.parse(text).spec
+
+
+def _hold(text: str) -> str | None:
+    if len(text) > 500 or not text.isprintable():
+        raise ValueError("the hold's reason must be one line of at most 500 characters")
+    return text.strip() or None
+
+
+def _pin(text: str) -> str:
+    from launcher import layout
+
+    if not layout.safe_name(text) or not text[:1].isdigit():
+        raise ValueError(f"{text!r} is not a version")
+    return text
+
 
 OPTIONS = (
     Option("manifest_url", "manifest_url", str,
@@ -213,6 +235,14 @@ OPTIONS = (
            "with an oci:// --manifest-url: a registry mirror HOST[:PORT][/PREFIX] asked first, "
            "falling back to the origin; repeatable (TOML: a list; environment: separated "
            "by ',')", many=True, separator=","),
+    Option("hold", "hold", _hold,
+           "hold every host of this config: no update is applied (checks go on); the "
+           "text is the reason shown by status"),
+    Option("pin", "pin", _pin, "never update above this version"),
+    Option("window", "windows", _window,
+           "maintenance window 'DAYS HH:MM-HH:MM ZONE' (e.g. 'Mon-Fri 02:00-04:00 "
+           "Europe/Berlin'); swaps happen only inside one; repeatable (TOML: a list; "
+           "environment: specs separated by ';')", many=True, separator=";"),
 )
 BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import settings
+from launcher import controls, settings
 from launcher.errors import ConfigError
 from launcher.journal import Journal, State
 from launcher.lock import holder_pid
@@ -35,7 +35,7 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
                 "last_check_at": None, "last_error": None, "next_check_at": None,
                 "launcher_pid": pid, "agent": None, "host_id": None, "trial": None,
                 "cohort": None, "cohort_version": None, "signatures": None, "serial": None,
-                "expires": None, "stale_since": None}
+                "expires": None, "stale_since": None, **controls.status_fields(None, 0.0)}
     child = state.child
     return {
         "state_dir": str(state_dir),
@@ -58,6 +58,7 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
         "host_id": state.host_id,
         **_cohort(state),
         **_trust(state),
+        **controls.status_fields(state, time.time()),  # hold, pin, channel, window, ...
     }
 
 
@@ -109,6 +110,29 @@ def _cohort(state: State) -> dict[str, Any]:
     return {"cohort": policy.cohort(state.host_id, newest), "cohort_version": newest}
 
 
+def _control_lines(d: dict[str, Any]) -> list[str]:
+    """The operator controls in force (``launcher.controls``), one line each."""
+    lines = []
+    if d["hold"]:
+        lines.append(f"hold:        since {d['hold'].get('since')} by {d['hold'].get('by')}: "
+                     f"{d['hold'].get('reason') or 'no reason given'}")
+    if d["pin"]:
+        lines.append(f"pin:         never above {d['pin']}")
+    if d["install"]:
+        i = d["install"]
+        lines.append(f"install:     {i.get('version')} asked by {i.get('by')} at {i.get('at')}: "
+                     f"{i.get('state')}" + (f" ({i['error']})" if i.get("error") else ""))
+    if d["channel"]:
+        lines.append(f"channel:     {d['channel']}")
+    if d["window"]:
+        lines.append(f"window:      {'; '.join(d['window'])}, next {d['next_window']}")
+    if d["waiting"]:
+        lines.append(f"waiting:     {d['waiting']} is staged, for the window")
+    if d["available"]:
+        lines.append(f"available:   {d['available']} (not taken: held)")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     state_dir = state_dir_of(args)
     try:
@@ -145,6 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                  + (f", serial {d['serial']}" if d["serial"] is not None else "")
                  + (f", expires {d['expires']}" if d["expires"] else "")
                  + (f" (STALE since {d['stale_since']})" if d["stale_since"] else ""))
+    lines += _control_lines(d)
     if d["host_id"]:
         lines.append(f"host id:     {d['host_id']}")
     if d.get("cohort") is not None:

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launcher import checks, container, control, faults, install, permissions, policy
+from launcher import checks, container, control, controls, faults, install, permissions, policy
 from launcher import reload as live_config
 from launcher import seed as seeding
 from launcher.child import agent_environ
 from launcher.errors import ConfigError
+from launcher.gate import Gate
 from launcher.journal import Build, State, new_state
 from launcher.keeper import AgentKeeper, stop_survivor
 from launcher.lock import StateLock
@@ -76,6 +77,7 @@ class Supervisor:
         self.config = live_config.LiveConfig(res, self.watcher,
                                              self.config_file if reload else None, reload)
         self.updates = Updates(res, self._start_agent, self._exit)
+        self.gate = Gate(res, self.updates.apply)  # hold, pin, window, install
         self.loop = res.loop
         self.loop.on_signal = self._on_signal
         self.loop.pollers = [self.keeper.poll, self.checks.poll, self.watcher.poll]
@@ -122,8 +124,10 @@ class Supervisor:
         res.journal.clean_temp_files()
         stored = res.journal.load()
         state = install.recover(stored or new_state(), s.bin_dir, res.shas)
-        res.save(dataclasses.replace(state, launcher_pid=res.pid, extra={
-            **state.extra, "signatures": s.signatures}))  # status tells what is enforced
+        # Status tells what is enforced: signatures, and the controls the settings set.
+        state = dataclasses.replace(state, launcher_pid=res.pid, extra={
+            **state.extra, "signatures": s.signatures})
+        res.save(controls.journal_settings(state, s, res.now_iso()))
         stop_survivor(res.state.child, s.stop_grace_s, str(s.agent_path))
         if res.state.current is not None and res.state.current.version == "unknown":
             res.save(seeding.learn_version(res.state, s.agent_path, res.run))
@@ -132,11 +136,12 @@ class Supervisor:
         if res.reaper.stop_requested():
             return
         try:
-            self.control = control.ControlServer(s.state_dir, self.updates.command, self.loop)
+            self.control = control.ControlServer(s.state_dir, self._command, self.loop)
         except OSError as exc:
             log.warning("control socket unavailable (%s); rollback/unblock need the launcher "
                         "stopped", exc)
         self.watcher.watch(self.config.paths())
+        self.gate.start()
         if res.state.phase == "trial":
             self.updates.resume_trial()
         if res.state.current is not None and not self.keeper.running \
@@ -147,7 +152,7 @@ class Supervisor:
                 raise ConfigError("nothing to run: give --manifest-url or --seed-binary")
             log.info("no --manifest-url: supervising only, no update checks")
         elif res.state.phase != "trial":
-            self.checks.schedule(policy.first_poll_delay(
+            self.checks.schedule(0.0 if self.gate.urgent() else policy.first_poll_delay(
                 s.poll_interval_s, s.jitter_s, self.checks.rng,
                 installed=res.state.current is not None))
         res.notify.ready(res.describe())
@@ -260,7 +265,7 @@ class Supervisor:
                                        conditional=True)
         if token := self.res.env.get("GITHUB_TOKEN"):
             request["settings"] = {**request["settings"], "github_token": token}
-        return request
+        return self.gate.request(request)
 
     def _on_scheduled(self, delay: float) -> None:
         self.res.save(dataclasses.replace(self.state, next_check_at=self.res.now_iso(delay)))
@@ -270,6 +275,8 @@ class Supervisor:
             self.res.fault(str(r.get("point")))
         self.res.save(checks.record_check(checks.record(self.state, r, self.res.wall()), r,
                                    self.res.now_iso()))
+        if self.gate.on_result(r):
+            return
         if r.get("outcome") == "error":
             failures = self.state.consecutive_failures
             log.warning("check failed (%d in a row); the agent keeps running", failures)
@@ -279,6 +286,11 @@ class Supervisor:
         else:
             self.checks.schedule(0.0 if self.checks.take_recheck() else
                                  self.checks.poll_delay())
+
+    def _command(self, request: dict[str, object]) -> dict[str, object]:
+        if request.get("cmd") in controls.COMMANDS:
+            return self.gate.command(request)
+        return self.updates.command(request)
 
     def _compare(self, a: str, b: str) -> int | None:
         order = self.res.compare(a, b)

@@ -71,6 +71,28 @@ def check_identity(manifest: Manifest, *, channel: str, product: str = PRODUCT) 
                             f"this launcher follows {channel!r} (--channel)")
 
 
+def check_install(manifest: Manifest, version: str, floor_serial: int | None, *,
+                  required: bool, product: str = PRODUCT) -> None:
+    """``install VERSION``: the one exception to the serial floor (see docs/SECURITY.md).
+
+    The manifest read from ``versions/VERSION/`` must be VERSION's and this product's; with
+    signatures required and a floor in force it must carry a serial, which may be below the
+    floor (that is what an older release's manifest has). The floor is neither lowered nor
+    raised by it: the caller does not record the manifest as accepted. Any channel's release
+    may be installed by name; the signed version is what the operator named.
+    """
+    from packaging.version import Version
+
+    if manifest.product is not None and manifest.product != product:
+        raise ManifestError(f"manifest is for product {manifest.product!r}, not {product!r}")
+    if Version(manifest.version) != Version(version):
+        raise ManifestError(f"the manifest for {version} is signed for version "
+                            f"{manifest.version}")
+    if manifest.serial is None and floor_serial is not None and required:
+        raise RollbackError(f"manifest {manifest.version} has no serial, but this host "
+                            f"already accepted serial {floor_serial}")
+
+
 def accepted(trust: Mapping[str, Any] | None) -> Mapping[str, Any]:
     """The record of the last accepted manifest (empty when none is known)."""
     return _mapping((trust or {}).get("accepted"))

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from launcher import container, control, health, install
+from launcher import container, control, controls, health, install
 from launcher.errors import HostError
 from launcher.journal import Build, Staged, Trial
 from launcher.resident import Resident
@@ -169,7 +169,9 @@ class Updates:
         trial = res.state.trial
         assert trial is not None
         res.fault("trial.passed")
-        res.save(dataclasses.replace(res.state, phase="committed", trial=None))
+        res.save(controls.trial_ended(dataclasses.replace(res.state, phase="committed",
+                                                          trial=None),
+                                      trial.build, True, "", res.now_iso()))
         res.fault("committed")
         log.info("update to %s committed after %.1fs healthy", trial.build.version,
                  trial.run_time_s)
@@ -185,6 +187,7 @@ class Updates:
         self.end_trial()
         failed = res.state.current
         assert failed is not None
+        res.state = controls.trial_ended(res.state, failed, False, reason, res.now_iso())
         res.checks.epoch += 1
         refusal = install.rollback_refusal(res.state, res.s.bin_dir, res.shas)
         ok = False

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from launcher import faults
+from launcher import faults, layout
 from launcher import trust as trusted
-from launcher.errors import InsecureError, LauncherError, ManifestError, SignatureError
+from launcher.errors import ConfigError, InsecureError, LauncherError, ManifestError, SignatureError
 from launcher.redact import RedactFilter, redact
 from launcher.sources.http import (
     METADATA_DEADLINE_S,
@@ -68,6 +68,7 @@ class Result:
     cohort: float | None = None  # this host's place in [0, 100) for ``version``'s rollout
     signatures: str | None = None  # required | off: what this check enforced
     accepted: dict[str, Any] | None = None  # the manifest accepted (see launcher.trust)
+    install: str | None = None  # the version of an ``install VERSION`` check (explicit.py)
 
 
 def run_check(
@@ -107,6 +108,10 @@ def _check(
     request: dict[str, Any], s: dict[str, Any], client: httpx.Client,
     now: Callable[[], Any] | None,
 ) -> Result:
+    if request.get("install"):
+        from launcher import explicit
+
+        return explicit.run(request, s, client, now or _utcnow)
     trust = request.get("trust")
     validators = Validators(etag=request.get("etag"), last_modified=request.get("last_modified"))
     if validators and not trusted.accepted(trust):
@@ -118,7 +123,7 @@ def _check(
         # out, compromised) or unsigned while signatures are now required: a 304 must not
         # keep it. Fetch in full, so the signature is checked again.
         validators = Validators()
-    source = _source(s, client)
+    source = source_for(s, client)
     fetched: FetchResult = source.fetch(validators)
     moment = now() if now else _utcnow()
     if fetched.not_modified or fetched.body is None:
@@ -129,7 +134,7 @@ def _check(
     from launcher import policy
     from launcher.manifest import check_not_expired, parse_manifest
 
-    key_ids = _verify_signature(source, fetched.body, s)
+    key_ids = verify_signature(source, fetched.body, s)
     manifest = parse_manifest(fetched.body)
     check_not_expired(manifest, moment)
     trusted.check_identity(manifest, channel=str(s.get("channel") or "stable"))
@@ -145,6 +150,7 @@ def _check(
         candidate_sha256=binary.sha256,
         cohort=cohort,
         rollout_percent=manifest.rollout.percent if manifest.rollout else None,
+        pins=_pins(request, s),
     )
     result = Result(
         outcome=decision.action, version=manifest.version, sha256=binary.sha256,
@@ -158,25 +164,51 @@ def _check(
     if not request.get("stage"):
         log.info("update available: %s (%s)", manifest.version, decision.reason)
         return result
+    waiting = request.get("staged")  # launcher.gate: already staged, waiting for a window
+    if isinstance(waiting, dict) and waiting.get("version") == manifest.version \
+            and waiting.get("sha256") == binary.sha256:
+        log.info("%s is staged already, waiting for a maintenance window", manifest.version)
+        result.file, result.outcome = str(waiting["file"]), "staged"
+        return result
     log.info("Update found: %s. Synchronizing...", manifest.version)
-    result.file = _stage(source, client, s, manifest.version, binary)
+    result.file = stage(source, client, s, manifest.version, binary)
     result.outcome = "staged"
     return result
 
 
-def _source(s: dict[str, Any], client: httpx.Client) -> Source:
-    url = s["manifest_url"]
-    if s.get("github_repo"):
+def _pins(request: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """The caps in force (launcher.controls): the host's pin and the config file's."""
+    from packaging.version import InvalidVersion, Version
+
+    pins = [p for p in (request.get("pin"), s.get("pin")) if isinstance(p, str)]
+    for pin in pins:
+        try:
+            Version(pin)
+        except InvalidVersion:
+            raise ConfigError(f"pin {pin!r} is not a version: `unpin`, or pin a version") \
+                from None
+    return pins
+
+
+def source_for(s: dict[str, Any], client: httpx.Client, url: str | None = None) -> Source:
+    """The source of the configured channel's manifest (``launcher.layout``), or of ``url``.
+
+    An OCI release (a registry tag or an offline bundle) is one release: its channel is the
+    signed field alone, checked like any other's."""
+    if url is None and s.get("github_repo"):
         from launcher.sources import github
 
         return github.from_settings(s, client)
-    if urlsplit(url).scheme == "oci":
+    if url is None and urlsplit(s["manifest_url"]).scheme == "oci":
         from launcher.sources import oci
 
         return oci.from_settings(s, client)
+    if url is None and not _is_bundle(s["manifest_url"]):
+        url = layout.channel_url(s["manifest_url"], str(s.get("channel") or layout.STABLE))
+    url = url or s["manifest_url"]
     if urlsplit(url).scheme == "file":
         local = LocalSource.from_url(url)
-        if (local.path / "oci-layout").is_file():  # an offline bundle (OCI image layout)
+        if _is_bundle(url):  # an offline bundle (OCI image layout)
             from launcher.sources.layout import LayoutSource
 
             return LayoutSource(local.path, channel=str(s.get("channel") or "stable"))
@@ -187,8 +219,13 @@ def _source(s: dict[str, Any], client: httpx.Client) -> Source:
                       min_speed_bps=float(s.get("min_speed_bps") or MIN_SPEED_BPS))
 
 
-def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
-           binary: Binary) -> str:
+def _is_bundle(url: str) -> bool:
+    return urlsplit(url).scheme == "file" and \
+        (LocalSource.from_url(url).path / "oci-layout").is_file()
+
+
+def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
+          binary: Binary) -> str:
     """Download (or copy) ``binary`` beside ``bin/agent``, verified; the temp file's name."""
     from launcher import download, preflight
 
@@ -232,7 +269,7 @@ class _Keys:
     trusted: tuple[str, ...]  # the key ids whose serial floors count
 
 
-def _verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> _Keys:
+def verify_signature(source: Source, body: bytes, s: dict[str, Any]) -> _Keys:
     """With public keys configured, the manifest's bytes must carry a valid signature."""
     paths = s.get("public_keys") or ()
     if not paths:

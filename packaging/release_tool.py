@@ -4,10 +4,13 @@
     python3 packaging/release_tool.py VERSION [--binary FILE] [--release-dir DIR]
                                               [--base-url URL] [--sign-key FILE]
                                               [--expires-in DAYS | --no-expires] [--serial N]
+                                              [--channel NAME]
     python3 packaging/release_tool.py VERSION --oci-push oci://HOST/REPO:TAG | --oci-layout DIR
                                               [--registry-credentials FILE] [--ca-file FILE]
     python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
                                               FILE] [--expires-in DAYS | --no-expires]
+    python3 packaging/release_tool.py promote VERSION --to CHANNEL [--from CHANNEL]
+                                              [--release-dir DIR] [--sign-key FILE]
 
 Without ``--binary`` the agent is built for VERSION (``build_agent.py``); with it, FILE
 is published as it is, whatever it holds. The order is what keeps clients safe:
@@ -16,6 +19,12 @@ is published as it is, whatever it holds. The order is what keeps clients safe:
    written to a temporary file beside its target, fsynced, made executable and renamed;
 2. then ``version.json``, replaced atomically (temporary file, fsync, ``os.replace``,
    fsync of the directory), so a client never sees a manifest naming a missing binary;
+   The release's own manifest, ``versions/VERSION/version.json`` (+ ``.minisig``), is
+   written just before the channel's (``channels.py``): it is what ``install VERSION``
+   reads, and it stays when later releases replace the channel's manifest. The channel's
+   manifest is ``version.json`` for ``stable`` (the default), else
+   ``channels/NAME/version.json``; ``promote`` re-issues a release on another channel
+   without rebuilding it;
 3. with ``--sign-key`` (an unencrypted minisign secret key, see ``minisign_tool.py``),
    ``version.json.minisig`` right after it, replaced atomically too. The signature is made
    in memory before anything is written, so a bad key publishes nothing. A client that
@@ -59,6 +68,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_agent import build_agent  # the sibling script, found via the path above
+from channels import channel_manifest, check_channel, main_promote, version_manifest, write_manifest
 from freshness import (
     DEFAULT_EXPIRES_DAYS,
     FreshnessError,
@@ -143,7 +153,8 @@ def publish(
     """Publish ``version`` into ``release_dir``; return the manifest written."""
     check_version(version)
     now = datetime.now(UTC)
-    fresh = _freshness(Path(release_dir) / MANIFEST_NAME, now, expires_in_days, serial)
+    target = channel_manifest(Path(release_dir), check_channel(channel))
+    fresh = _freshness(target, now, expires_in_days, serial)
     if not base_url.startswith(("http://", "https://", "file:///")):
         raise ReleaseError(f"base URL {base_url!r} must start with http://, https:// or "
                            "file:/// (a local release directory)")
@@ -164,11 +175,8 @@ def publish(
     manifest = stamp(build_manifest(version, base_url, date, files), channel=channel, **fresh)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
     signature = sign(body, secret) if secret is not None else None
-    write_atomically(release_dir / MANIFEST_NAME, [body], 0o644)
-    if signature is not None:
-        write_atomically(release_dir / SIGNATURE_NAME, [signature], 0o644)
-    else:
-        (release_dir / SIGNATURE_NAME).unlink(missing_ok=True)
+    write_manifest(version_manifest(release_dir, version), body, signature)
+    write_manifest(target, body, signature)
     return manifest
 
 
@@ -296,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["resign"]:
         return main_resign(argv[1:])
+    if argv[:1] == ["promote"]:
+        return main_promote(argv[1:])
     parser = argparse.ArgumentParser(
         prog="release-local.sh", description="Build (or take) the agent and publish it."
     )
@@ -306,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL")
     parser.add_argument("--sign-key", type=Path, metavar="FILE",
                         help="unencrypted minisign secret key: also write version.json.minisig")
+    parser.add_argument("--channel", default="stable", metavar="NAME",
+                        help="publish on channel NAME: channels/NAME/version.json (default "
+                             "stable: version.json)")
     parser.add_argument("--assets-dir", type=Path, metavar="DIR",
                         help="write a GitHub release's assets into DIR instead of publishing")
     parser.add_argument("--github-repo", metavar="OWNER/REPO",
@@ -329,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     release_dir: Path = args.release_dir
     try:
         manifest = publish(args.version, release_dir, args.base_url, binary=args.binary,
-                           sign_key=args.sign_key, serial=args.serial,
+                           sign_key=args.sign_key, serial=args.serial, channel=args.channel,
                            expires_in_days=None if args.no_expires else args.expires_in)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)
@@ -340,11 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     for platform, entry in manifest["binaries"].items():
         path = release_dir / "bin" / args.version / f"agent-{platform}"
         print(f"published {path} sha256={entry['sha256']} size={entry['size']}")
-    print(f"published {release_dir / MANIFEST_NAME} version={args.version} "
+    print(f"published {channel_manifest(release_dir, args.channel)} version={args.version} "
           f"serial={manifest['serial']} expires={manifest.get('expires', 'never')} "
           f"({args.base_url})")
     if args.sign_key is not None:
-        print(f"signed {release_dir / SIGNATURE_NAME} with {args.sign_key}")
+        print(f"signed {channel_manifest(release_dir, args.channel)}.minisig with "
+              f"{args.sign_key}")
     return 0
 
 

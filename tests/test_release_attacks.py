@@ -37,9 +37,10 @@ def signed_manifest(srv: ReleaseServer, version: str, binary: Path, key: Key,
     return body, sign(body, key)
 
 
-def serve(srv: ReleaseServer, pair: tuple[bytes, bytes], etag: str | None = None) -> None:
-    srv.publish("/version.json", Route(body=pair[0], etag=etag))
-    srv.publish("/version.json.minisig", Route(body=pair[1]))
+def serve(srv: ReleaseServer, pair: tuple[bytes, bytes], etag: str | None = None,
+          path: str = "/version.json") -> None:
+    srv.publish(path, Route(body=pair[0], etag=etag))
+    srv.publish(path + ".minisig", Route(body=pair[1]))
 
 
 def status_json(state_dir: Path) -> dict[str, Any]:
@@ -218,15 +219,19 @@ def test_fast_forward_by_a_dropped_key_holds_nothing_back(key: Key, tmp_path: Pa
 
 
 def test_manifest_for_another_channel_is_refused(key: Key, tmp_path: Path) -> None:
-    """A validly signed beta manifest served to a stable host, and the reverse."""
+    """A validly signed beta manifest served to a stable host, and the reverse (a beta host
+    reads channels/beta/version.json beside the main manifest)."""
     with ReleaseServer() as srv:
         binary = sleeper(tmp_path, "0.3.0b1")
-        serve(srv, signed_manifest(srv, "0.3.0b1", binary, key, serial=3, channel="beta"))
+        beta = signed_manifest(srv, "0.3.0b1", binary, key, serial=3, channel="beta")
+        serve(srv, beta)
         refused = worker_check(srv, tmp_path, (key.public,))
         assert refused.error == ("manifest: manifest 0.3.0b1 is for channel 'beta', this "
                                  "launcher follows 'stable' (--channel)")
+        serve(srv, beta, path="/channels/beta/version.json")
         assert worker_check(srv, tmp_path, (key.public,), channel="beta").outcome == "install"
-        serve(srv, signed_manifest(srv, "0.3.0", binary, key, serial=4))
+        serve(srv, signed_manifest(srv, "0.3.0", binary, key, serial=4),
+              path="/channels/beta/version.json")
         assert worker_check(srv, tmp_path, (key.public,), channel="beta").error_kind == \
             "manifest"
 

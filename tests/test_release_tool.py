@@ -76,21 +76,24 @@ def test_publish_takes_any_binary_and_replaces_the_manifest(tmp_path: Path) -> N
 def test_binaries_are_written_before_the_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every binary is in place (renamed, final) before version.json is replaced."""
+    """Every binary is in place (renamed, final) before any manifest is written; the
+    release's own (versions/9.0/, for ``install``) comes just before version.json."""
     seen: list[tuple[str, bool]] = []
     real_replace = os.replace
 
     def spy(src: str | Path, dst: str | Path) -> None:
         target = Path(dst)
         binaries = [tmp_path / "bin" / "9.0" / f"agent-{p}" for p in PLATFORMS]
-        seen.append((target.name, all(path.is_file() for path in binaries)))
+        seen.append((str(target.relative_to(tmp_path)),
+                     all(path.is_file() for path in binaries)))
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
     script = tmp_path.parent / "fake-agent"
     script.write_text("#!/bin/sh\necho 9.0\n")
     release_tool.publish("9.0", tmp_path, BASE, binary=script)
-    assert [name for name, _ in seen] == ["agent-linux-amd64", "agent-linux-arm64", "version.json"]
+    assert [name for name, _ in seen] == ["bin/9.0/agent-linux-amd64", "bin/9.0/agent-linux-arm64",
+                                          "versions/9.0/version.json", "version.json"]
     assert seen[-1] == ("version.json", True)
 
 

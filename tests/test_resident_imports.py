@@ -10,7 +10,7 @@ import sys
 from conftest import ROOT
 
 KEPT_OUT = ["httpx", "pydantic", "packaging", "cryptography", "watchfiles", "hashlib", "ssl",
-            "http.client", "email.parser", "tomllib", "uuid"]
+            "http.client", "email.parser", "tomllib", "uuid", "zoneinfo"]
 
 
 def test_resident_imports_no_worker_libraries() -> None:

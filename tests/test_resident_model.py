@@ -3,9 +3,10 @@
 The real ``Supervisor`` runs in this process on a real state dir with real swaps and a real
 journal; only processes, the health probe, the clock and the worker are simulated. Builds
 are good (up and healthy), crashing (exit soon after start) or sick (up, never healthy).
-Random orders of time passing, check results, crashes, operator rollbacks and unblocks,
-and a stop are checked against the invariants the issue names: never two agents, never a
-good build marked bad, every trial ends, and the host always has a next check.
+Random orders of time passing, check results, crashes, operator rollbacks, unblocks, holds
+and resumes, and a stop are checked against the invariants the issue names: never two
+agents, never a good build marked bad, every trial ends, the host always has a next check,
+and a held host never takes a staged build.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from launcher import install
+from launcher import controls, install
 from launcher import settings as launcher_settings
 from launcher.supervisor import Supervisor
 from launcher.trial import HEALTH_GRACE_S, UNHEALTHY_PROBES
@@ -166,8 +167,12 @@ class ResidentModel(RuleBasedStateMachine):
         body = f"{kind} {version}\n".encode()
         name = f".agent.download-{version}"
         (self.sup.s.bin_dir / name).write_bytes(body)
+        held, before = controls.hold_of(self.sup.state) is not None, self.sup.state.current
         self.sup._on_result({"outcome": "staged", "version": version, "file": name,
                              "sha256": hashlib.sha256(body).hexdigest()})
+        if held:
+            assert self.sup.state.current == before and self.sup.state.phase != "trial"
+            assert not (self.sup.s.bin_dir / name).exists()
         self.sup.loop.dispatch()
 
     @precondition(lambda self: self.running and self.check_due)
@@ -197,6 +202,11 @@ class ResidentModel(RuleBasedStateMachine):
     def the_operator_unblocks(self, data: st.DataObject) -> None:
         bad = data.draw(st.sampled_from([b.version for b in self.sup.state.bad]))
         assert self.sup.updates.command({"cmd": "unblock", "version": bad})["ok"]
+
+    @precondition(lambda self: self.running)
+    @rule(cmd=st.sampled_from(["hold", "resume"]))
+    def the_operator_holds_or_resumes(self, cmd: str) -> None:
+        assert self.sup._command({"cmd": cmd, "by": "model"})["ok"]
 
     @precondition(lambda self: self.running)
     @rule()
