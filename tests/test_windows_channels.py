@@ -53,19 +53,25 @@ def test_the_swap_waits_for_the_window_and_happens_at_its_start(
     away) and swaps it in, without downloading it again."""
     release_tool.publish("0.1.1", server.dir, server.base_url, binary=build("0.1.1"),
                          sign_key=key.secret)
-    opens = float(int(time.time()) + 15)
+    later = float(int(time.time()) + 3600)
     first = launcher()
-    args = [*fast_args(server, first, key.public, **{"--poll-interval": "300"}),
-            "--seed-binary", str(build("0.1.0")), "--window", window_from(opens, 120)]
-    first.start(*args)
+
+    def args(opens: float) -> list[str]:
+        return [*fast_args(server, first, key.public, **{"--poll-interval": "300"}),
+                "--seed-binary", str(build("0.1.0")), "--window", window_from(opens, 120)]
+
+    first.start(*args(later))
     st = first.wait_state(lambda s: (s.get("extra", {}).get("waiting") or {}).get("version")
                           == "0.1.1", what="0.1.1 staged, waiting")
     assert (first.state_dir / "bin" / "agent.next").is_file()
     assert st["current"]["version"] == "0.1.0" and first.health()["version"] == "0.1.0"  # type: ignore[index]
     shown = status(first.state_dir)
-    assert shown["next_window"] == utc_iso(opens) and shown["waiting"] == "0.1.1"
+    assert shown["next_window"] == utc_iso(later) and shown["waiting"] == "0.1.1"
     first.kill_tree()  # power loss while it waits
-    lch = launcher(first.state_dir).start(*args)
+    # The window is set from here, so that a loaded machine's slow first half cannot have
+    # opened it already: the operator moved tonight's window to ten seconds from now.
+    opens = float(int(time.time()) + 10)
+    lch = launcher(first.state_dir).start(*args(opens))
     lch.wait_log("is staged already, waiting for a maintenance window")
     assert time.time() < opens, "too slow to observe the wait; the window already opened"
     lch.wait_healthy("0.1.1", timeout=40)
