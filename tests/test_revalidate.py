@@ -212,7 +212,7 @@ def test_a_ca_file_is_tried_alone_then_with_certifis_bundle(
     bundle, other = tmp_path / "bundle.pem", tmp_path / "other.pem"
     bundle.write_bytes(Path(certifi.where()).read_bytes() + ca.cert_pem.bytes())
     trustme.CA().cert_pem.write_to_path(str(other))
-    monkeypatch.setattr(certifi, "where", lambda: str(bundle))
+    monkeypatch.setattr(revalidate, "certifi_bundle", lambda: str(bundle))
     revalidate.tls_context.cache_clear()
     publish(tls, key)
     try:
@@ -221,3 +221,9 @@ def test_a_ca_file_is_tried_alone_then_with_certifis_bundle(
     finally:
         revalidate.tls_context.cache_clear()
     assert len(tls.requests) == 1
+
+
+def test_the_bundle_is_certifis() -> None:
+    import certifi
+
+    assert Path(revalidate.certifi_bundle()).resolve() == Path(certifi.where()).resolve()

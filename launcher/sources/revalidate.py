@@ -156,13 +156,27 @@ def tls_context(ca_file: str | None, *, with_certifi: bool = True) -> ssl.SSLCon
     alone), built once per process."""
     import ssl
 
-    import certifi
-
-    context = ssl.create_default_context(cafile=certifi.where() if with_certifi else ca_file)
+    context = ssl.create_default_context(cafile=certifi_bundle() if with_certifi else ca_file)
     if with_certifi and ca_file is not None:
         context.load_verify_locations(cafile=ca_file)
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def certifi_bundle() -> str:
+    """``certifi.where()`` without importing certifi (its importlib.resources costs more than
+    the rest of a check's imports): ``cacert.pem`` beside the certifi package the import
+    system finds; ``certifi.where()`` itself when that is no plain file (a zip install)."""
+    import importlib.util  # runpy, which started the worker, has it loaded already
+
+    spec = importlib.util.find_spec("certifi")
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), "cacert.pem")
+        if os.path.isfile(path):
+            return path
+    import certifi
+
+    return str(certifi.where())
 
 
 def user_agent() -> str:
