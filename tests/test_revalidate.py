@@ -227,3 +227,30 @@ def test_the_bundle_is_certifis() -> None:
     import certifi
 
     assert Path(revalidate.certifi_bundle()).resolve() == Path(certifi.where()).resolve()
+
+
+def test_a_trickled_head_ends_at_the_deadline() -> None:
+    """One byte of headers at a time, never ending: given up at the metadata deadline
+    (the full check then has its own), not at the resident's worker limit."""
+    import socket
+    import threading
+    import time
+
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        def serve() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 304 Not Modified\r\n")
+                while not stop.wait(0.02):
+                    conn.sendall(b"X")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        assert not revalidate.not_modified(f"http://127.0.0.1:{srv.getsockname()[1]}/v",
+                                           Validators(etag=ETAG), ca_file=None,
+                                           allow_http=True, deadline_s=0.5)
+        assert time.monotonic() - started < 10, "not ended by its deadline"
+        stop.set()
+        thread.join(5)

@@ -68,10 +68,10 @@ def not_modified(url: str, validators: Validators, *, ca_file: str | None, allow
             request = _request(parts, headers, allow_http)
             if left <= 0 or request is None:
                 return False
-            timeout = min(TIMEOUT_S, left)
-            status, location = (_exchange_tls(parts, request, ca_file, timeout)
+            until = time.monotonic() + left
+            status, location = (_exchange_tls(parts, request, ca_file, until)
                                 if parts.scheme == "https" else
-                                _exchange(parts, request, None, timeout))
+                                _exchange(parts, request, None, until))
             if status == 304:
                 return True
             if status not in _REDIRECTS or not location:
@@ -106,16 +106,21 @@ def _printable(text: str) -> bool:
 
 
 def _exchange(parts: SplitResult, request: bytes, context: ssl.SSLContext | None,
-              timeout: float) -> tuple[int, str | None]:
-    """Send ``request``; read the response head: (status, the Location header or None)."""
+              until: float) -> tuple[int, str | None]:
+    """Send ``request``; read the response head: (status, the Location header or None).
+    Each operation waits at most :data:`TIMEOUT_S`, and the whole exchange ends at ``until``
+    (``time.monotonic()``), a trickled head included."""
     host = str(parts.hostname)
     with socket.create_connection((host, parts.port or _PORTS[parts.scheme]),
-                                  timeout=timeout) as raw:
+                                  timeout=_left(until)) as raw:
+        raw.settimeout(_left(until))
         sock = context.wrap_socket(raw, server_hostname=host) if context else raw
         with sock:
+            sock.settimeout(_left(until))
             sock.sendall(request)
             head = b""
             while b"\r\n\r\n" not in head:
+                sock.settimeout(_left(until))
                 chunk = sock.recv(4096)
                 if not chunk or len(head) > MAX_HEAD_BYTES:
                     raise ConnectionError("the response head ended early or is too long")
@@ -132,8 +137,15 @@ def _exchange(parts: SplitResult, request: bytes, context: ssl.SSLContext | None
     return int(rest[:3]), locations[0].decode("latin-1") if locations else None
 
 
+def _left(until: float) -> float:
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("past the metadata deadline")
+    return min(TIMEOUT_S, left)
+
+
 def _exchange_tls(parts: SplitResult, request: bytes, ca_file: str | None,
-                  timeout: float) -> tuple[int, str | None]:
+                  until: float) -> tuple[int, str | None]:
     """:func:`_exchange` over TLS, trusting certifi's bundle plus ``ca_file`` as make_client
     does. Loading certifi's ~120 certificates is most of an https check's CPU, so with a
     ``ca_file`` the handshake is tried against it alone first: a chain that verifies to one
@@ -143,11 +155,11 @@ def _exchange_tls(parts: SplitResult, request: bytes, ca_file: str | None,
 
     if ca_file is not None:
         try:
-            return _exchange(parts, request, tls_context(ca_file, with_certifi=False), timeout)
+            return _exchange(parts, request, tls_context(ca_file, with_certifi=False), until)
         except ssl.SSLCertVerificationError:
             log.debug("%s: not verified by %s alone; with certifi's bundle too", parts.netloc,
                       ca_file)
-    return _exchange(parts, request, tls_context(ca_file), timeout)
+    return _exchange(parts, request, tls_context(ca_file), until)
 
 
 @functools.cache
