@@ -5,11 +5,15 @@ Both workers run the way the resident starts them (``launcher.isolated.argv``: `
 package's and the image's (the bench interpreter, the same site-packages, no ``.pth`` file,
 bytecode compiled), against a loopback server in this process. "today" is ``launcher/`` as
 of ``REF`` (``git archive``), "new" is this checkout's; both trees are byte-compiled the same
-way, and the runs alternate. CPU is the worker's user+sys from ``os.wait4`` rusage.
+way. Every case and both trees run in one shuffled order (the first run of each is a
+warm-up), so the machine's load falls on all alike. CPU is the worker's user+sys from
+``os.wait4`` rusage.
 
 Cases: a signed release with a trusted key, checked over https with ``--ca-file`` (a trustme
-CA) and over plain http (``--allow-http``, the case of ``bench/poll.py``); the server answers
-304 to the validators (``304``) or ignores them and sends the same manifest again (``200``).
+CA), over https from a "public" CA (the same CA put into the venv's copy of certifi's bundle,
+no ``--ca-file``) and over plain http (``--allow-http``, the case of ``bench/poll.py``); the
+server answers 304 to the validators (``304``) or ignores them and sends the same manifest
+again (``200``, nothing to do).
 
 The parts: separate processes in the same venv, each doing one step more than the last,
 CPU from rusage, so each difference is what that step costs.
@@ -288,7 +292,6 @@ def parts_figures(py: Path, code: dict[str, Path], ca_file: str, n: int) -> list
 def run(n: int = 20, ref: str = REF) -> list[Figure]:
     sys.path.insert(0, str(ROOT / "packaging"))
     import minisign_tool
-    import release_tool
     import trustme
 
     work = scratch("checkcost")
@@ -299,57 +302,68 @@ def run(n: int = 20, ref: str = REF) -> list[Figure]:
     ca.cert_pem.write_to_path(str(ca_file))
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    public_ca(py, ca.cert_pem.bytes())
     secret, public = work / "release.key", work / "release.pub"
     minisign_tool.keygen(secret, public)
-    release = work / "release"
     binary = build("0.1.0", work)
+    argvs = {k: worker_argv(py, tree) for k, tree in code.items()}
+    log = work / "worker.log"
+    cases = {(scheme, answer): (ctx, ca_) for scheme, ctx, ca_ in (
+        ("https, --ca-file", server_ctx, str(ca_file)),
+        ("https, a public CA (in certifi's bundle)", server_ctx, None),
+        ("http (--allow-http)", None, None)) for answer in ("304", "200")}
     figures: list[Figure] = []
     cpu: dict[tuple[str, str, str], list[float]] = {}
-    public_ca(py, ca.cert_pem.bytes())
-    cases = (("https, --ca-file", server_ctx, str(ca_file)),
-             ("https, a public CA (in certifi's bundle)", server_ctx, None),
-             ("http (--allow-http)", None, None))
-    for scheme, ctx, ca in cases:
-        with serving({}, ctx) as srv:
-            release_tool.publish("0.1.0", release, srv.url(""), binary=binary, sign_key=secret)
-            srv.files.update({
-                "/version.json": (release / "version.json").read_bytes(),
-                "/version.json.minisig": (release / "version.json.minisig").read_bytes()})
-            url = srv.url("/version.json")
-            argvs = {k: worker_argv(py, tree) for k, tree in code.items()}
-            # A first, full check gives the trust record and validators a resident journals.
-            log = work / "worker.log"
-            _, first = run_worker(*argvs["today"], request_for(
-                url, work / "state", [str(public)], ca, None, None), log)
-            assert first["outcome"] == "none", first
-            trust = {"accepted": first["accepted"],
-                     "serials": {first["accepted"]["key"]: first["accepted"]["serial"]}}
-            req = request_for(url, work / "state", [str(public)], ca, trust, first["etag"])
-            for answer in ("304", "200"):
-                srv.honour_validators = answer == "304"
-                want = {"304": "not_modified", "200": None}[answer]
-                order = [k for _ in range(n) for k in argvs]
-                random.shuffle(order)
-                for k in ("today", "new"):  # warm-up
-                    run_worker(*argvs[k], req, log)
-                for k in order:
-                    ms, result = run_worker(*argvs[k], req, log)
-                    assert result["outcome"] in ((want,) if want else ("none", "not_modified")), \
-                        result
-                    cpu.setdefault((scheme, answer, k), []).append(ms)
-                today, new = med(cpu[scheme, answer, "today"]), med(cpu[scheme, answer, "new"])
-                figures.append(Figure(
-                    f"no-change check as the launcher runs it, {scheme}, server answers {answer}",
-                    f"new {summary(cpu[scheme, answer, 'new'], 'ms', '.0f')}",
-                    f"today {summary(cpu[scheme, answer, 'today'], 'ms', '.0f')}",
-                    "at most half of today's", new <= today / 2,
-                    note=f"ratio {new / today:.2f}; {new * 288 / 1000:.0f} s CPU/day "
-                         f"(today {today * 288 / 1000:.0f}) at one check per 5 min",
-                    data={"today_ms": cpu[scheme, answer, "today"],
-                          "new_ms": cpu[scheme, answer, "new"]}))
-                show(figures[-1])
+    with contextlib.ExitStack() as stack:
+        requests = {}
+        for i, (case, (ctx, ca_)) in enumerate(cases.items()):
+            srv = stack.enter_context(serving({}, ctx))
+            requests[case] = first_check(srv, work / f"release-{i}", binary, secret, public,
+                                         ca_, argvs["today"], work / "state", log)
+            srv.honour_validators = case[1] == "304"
+        # Every case and both trees in one shuffled order: the machine's load, which moves
+        # over minutes, falls on all of them alike.
+        order = [(case, k) for case in cases for k in argvs for _ in range(n + 1)]
+        random.shuffle(order)
+        warm: set[tuple[tuple[str, str], str]] = set()
+        for case, k in order:
+            ms, result = run_worker(*argvs[k], requests[case], log)
+            want = ("not_modified",) if case[1] == "304" else ("none",)
+            assert result["outcome"] in want, (case, k, result)
+            if (case, k) in warm:
+                cpu.setdefault((*case, k), []).append(ms)
+            warm.add((case, k))  # the first run of each is a warm-up
+    for scheme, answer in cases:
+        today, new = (cpu[scheme, answer, k] for k in ("today", "new"))
+        figures.append(Figure(
+            f"no-change check as the launcher runs it, {scheme}, server answers {answer}",
+            f"new {summary(new, 'ms', '.0f')}", f"today {summary(today, 'ms', '.0f')}",
+            "at most half of today's", med(new) <= med(today) / 2,
+            note=f"ratio {med(new) / med(today):.2f}; {med(new) * 288 / 1000:.0f} s CPU/day "
+                 f"(today {med(today) * 288 / 1000:.0f}) at one check per 5 min",
+            data={"today_ms": today, "new_ms": new}))
+        show(figures[-1])
     figures += parts_figures(py, code, str(ca_file), n)
     return figures
+
+
+def first_check(srv: Server, release: Path, binary: Path, secret: Path, public: Path,
+                ca: str | None, argv: tuple[list[str], dict[str, str]], state: Path,
+                log: Path) -> dict[str, Any]:
+    """Publish a signed 0.1.0 on ``srv`` and check it once in full, as a resident does first:
+    the request of every later check (the trust record and the ETag it journals)."""
+    import release_tool
+
+    release_tool.publish("0.1.0", release, srv.url(""), binary=binary, sign_key=secret)
+    srv.files.update({
+        "/version.json": (release / "version.json").read_bytes(),
+        "/version.json.minisig": (release / "version.json.minisig").read_bytes()})
+    url = srv.url("/version.json")
+    _, first = run_worker(*argv, request_for(url, state, [str(public)], ca, None, None), log)
+    assert first["outcome"] == "none", first
+    trust = {"accepted": first["accepted"],
+             "serials": {first["accepted"]["key"]: first["accepted"]["serial"]}}
+    return request_for(url, state, [str(public)], ca, trust, first["etag"])
 
 
 def show(fig: Figure) -> None:
