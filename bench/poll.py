@@ -48,7 +48,8 @@ def worker_start(url: str, etag: str, state_dir: Path) -> tuple[float, float, fl
                         platform="linux-amd64", allow_unsigned=True)
     # The journal's record of the manifest the ETag belongs to: a 304 is then re-checked
     # against its expiry (here none) instead of being refetched in full.
-    trust = {"accepted": {"version": "0.1.0", "serial": None, "expires": None}}
+    trust = {"accepted": {"version": "0.1.0", "serial": None, "expires": None,
+                         "key": "unsigned"}}
     request = {"settings": settings.for_worker(), "current": {"version": "0.1.0", "sha256": ""},
                "bad": [], "host_id": "bench", "etag": etag, "last_modified": None,
                "stage": True, "trust": trust}

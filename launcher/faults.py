@@ -18,8 +18,6 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
-import psutil
-
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "NGINX_MANAGER_FAULT_POINT"
@@ -36,6 +34,8 @@ def resident_hook(environ: Mapping[str, str]) -> FaultHook | None:
         if point != wanted:
             return
         log.warning("fault point %s reached: killing the launcher and its children", point)
+        import psutil  # the resident has it loaded already; the worker only here
+
         for proc in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
@@ -54,6 +54,8 @@ def worker_fault(point: str) -> None:
     """
     if os.environ.get(FAULT_ENV) != point:
         return
+    import psutil  # not on every check: only a test's armed point needs it
+
     resident = psutil.Process(os.getppid())
     for proc in resident.children(recursive=True):
         if proc.pid != os.getpid():

@@ -26,29 +26,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from launcher import faults, layout
 from launcher import trust as trusted
 from launcher.errors import ConfigError, InsecureError, LauncherError, ManifestError, SignatureError
 from launcher.redact import RedactFilter, redact
-from launcher.sources.http import (
-    METADATA_DEADLINE_S,
-    MIN_SPEED_BPS,
-    FetchResult,
-    HttpSource,
-    Validators,
-    make_client,
-)
+from launcher.sources import revalidate
+from launcher.sources.base import Validators
 from launcher.sources.local import LocalSource
 
 if TYPE_CHECKING:
-    from launcher.manifest import Binary
-    from launcher.sources.base import Source
+    import httpx
 
-# The rest (pydantic models, policy, signatures, download, preflight) is imported only once
-# the source has answered with a new manifest: a no-change check, the common case, pays for
-# the interpreter and httpx alone.
+    from launcher.manifest import Binary
+    from launcher.sources.base import FetchResult, Source
+
+# A no-change check, the common case, pays for the interpreter and ``revalidate``'s
+# conditional GET over the standard library. httpx comes only when that did not end in a
+# 304; the rest (pydantic models, policy, signatures, download, preflight) only once the
+# source has answered with a new manifest.
 
 log = logging.getLogger("launcher.worker")
 
@@ -85,12 +80,16 @@ def run_check(
         if signatures == "required" and not s.get("public_keys"):
             raise SignatureError("no public key configured: signatures are required (give "
                                  "--public-key, or --allow-unsigned to take unsigned releases)")
-        if own_client:
-            client = make_client(
-                ca_file=s.get("ca_file"), allow_http=bool(s.get("allow_http")),
-            )
-        assert client is not None
-        result = _check(request, s, client, now)
+        result = _not_modified(request, s, now) if own_client else None
+        if result is None:
+            if own_client:
+                from launcher.sources.http import make_client
+
+                client = make_client(
+                    ca_file=s.get("ca_file"), allow_http=bool(s.get("allow_http")),
+                )
+            assert client is not None
+            result = _check(request, s, client, now)
     except LauncherError as exc:
         log.error("check failed: %s", exc.describe())
         result = Result(
@@ -113,24 +112,12 @@ def _check(
 
         return explicit.run(request, s, client, now or _utcnow)
     trust = request.get("trust")
-    validators = Validators(etag=request.get("etag"), last_modified=request.get("last_modified"))
-    if validators and not trusted.accepted(trust):
-        # Validators with no record of what they validate (a journal from before trust was
-        # kept): a 304 could not be checked for expiry, so fetch in full.
-        validators = Validators()
-    if validators and str(trusted.accepted(trust).get("key")) not in _configured_keys(s):
-        # What the validators stand for was accepted under a key no longer trusted (rotated
-        # out, compromised) or unsigned while signatures are now required: a 304 must not
-        # keep it. Fetch in full, so the signature is checked again.
-        validators = Validators()
+    validators = _validators(request, s)
     source = source_for(s, client)
     fetched: FetchResult = source.fetch(validators)
     moment = now() if now else _utcnow()
     if fetched.not_modified or fetched.body is None:
-        trusted.check_still_fresh(trust, moment)
-        log.info("manifest not modified")
-        return Result(outcome="not_modified", etag=validators.etag,
-                      last_modified=validators.last_modified)
+        return _still_fresh(trust, validators, moment)
     from launcher import policy
     from launcher.manifest import check_not_expired, parse_manifest
 
@@ -190,11 +177,54 @@ def _pins(request: dict[str, Any], s: dict[str, Any]) -> list[str]:
     return pins
 
 
+def _validators(request: dict[str, Any], s: dict[str, Any]) -> Validators:
+    """The validators to send, or none when a 304 to them could not be trusted."""
+    trust = request.get("trust")
+    validators = Validators(etag=request.get("etag"), last_modified=request.get("last_modified"))
+    if validators and not trusted.accepted(trust):
+        # Validators with no record of what they validate (a journal from before trust was
+        # kept): a 304 could not be checked for expiry, so fetch in full.
+        return Validators()
+    if validators and str(trusted.accepted(trust).get("key")) not in _configured_keys(s):
+        # What the validators stand for was accepted under a key no longer trusted (rotated
+        # out, compromised) or unsigned while signatures are now required: a 304 must not
+        # keep it. Fetch in full, so the signature is checked again.
+        return Validators()
+    return validators
+
+
+def _still_fresh(trust: Any, validators: Validators, moment: Any) -> Result:
+    """A 304 to ``validators``: the manifest accepted earlier stands if it has not expired."""
+    trusted.check_still_fresh(trust, moment)
+    log.info("manifest not modified")
+    return Result(outcome="not_modified", etag=validators.etag,
+                  last_modified=validators.last_modified)
+
+
+def _not_modified(request: dict[str, Any], s: dict[str, Any],
+                  now: Callable[[], Any] | None) -> Result | None:
+    """The check's answer when the source says 304 to a conditional GET sent without httpx
+    (``launcher.sources.revalidate``); None: do the full check."""
+    deadline_s = s.get("metadata_deadline_s")
+    if request.get("install") or not revalidate.applies(s) \
+            or not isinstance(deadline_s, int | float):
+        return None
+    validators = _validators(request, s)
+    if not validators or not revalidate.not_modified(
+            layout.channel_url(s["manifest_url"], str(s.get("channel") or layout.STABLE)),
+            validators, ca_file=s.get("ca_file"),
+            allow_http=bool(s.get("allow_http")), deadline_s=float(deadline_s)):
+        return None
+    return _still_fresh(request.get("trust"), validators, now() if now else _utcnow())
+
+
 def source_for(s: dict[str, Any], client: httpx.Client, url: str | None = None) -> Source:
     """The source of the configured channel's manifest (``launcher.layout``), or of ``url``.
 
     An OCI release (a registry tag or an offline bundle) is one release: its channel is the
     signed field alone, checked like any other's."""
+    from launcher.sources.http import METADATA_DEADLINE_S, MIN_SPEED_BPS, HttpSource
+
     if url is None and s.get("github_repo"):
         from launcher.sources import github
 
