@@ -10,6 +10,7 @@ recognised as stale (:func:`read_transfer` returns None for it). Standard librar
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import logging
@@ -25,6 +26,7 @@ TRANSFER_FILE = "transfer.json"
 LOG_EVERY_S = 10.0
 LOG_FRACTION = 0.10
 FILE_EVERY_S = 1.0
+STALE_S = 120.0  # a transfer file not rewritten for this long is not in flight
 
 
 class Progress:
@@ -142,12 +144,19 @@ class Progress:
 
 
 def read_transfer(state_dir: Path) -> dict[str, Any] | None:
-    """The transfer in flight, or None (no file, unreadable, or its worker is gone)."""
+    """The transfer in flight, or None (no file, unreadable, its worker is gone, or it was
+    last rewritten more than ``STALE_S`` ago: a killed worker's, its pid since reused)."""
     try:
         data = json.loads((state_dir / TRANSFER_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+        return None
+    try:
+        updated = calendar.timegm(time.strptime(str(data.get("updated")), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+    if time.time() - updated > STALE_S:  # left by a worker long gone
         return None
     try:
         os.kill(data["pid"], 0)

@@ -102,3 +102,16 @@ def test_status_shows_the_transfer_in_flight(launcher: Callable[..., Launcher],
         assert not (lch.state_dir / TRANSFER_FILE).exists()
         assert "downloading " + slow.url() in lch.log()
         assert lch.stop() == 0
+
+
+def test_a_transfer_file_left_behind_is_not_shown(tmp_path: Path) -> None:
+    progress = Progress("u", 10, file=tmp_path / TRANSFER_FILE)
+    progress.begin(0)
+    assert read_transfer(tmp_path) is not None  # this process is alive and it is fresh
+    data = json.loads((tmp_path / TRANSFER_FILE).read_text())
+    (tmp_path / TRANSFER_FILE).write_text(json.dumps({**data, "pid": 2**22 + 1}))
+    assert read_transfer(tmp_path) is None  # no such process
+    (tmp_path / TRANSFER_FILE).write_text(json.dumps({**data, "updated": "2026-01-01T00:00:00Z"}))
+    assert read_transfer(tmp_path) is None  # not rewritten for too long
+    (tmp_path / TRANSFER_FILE).write_text("{not json")
+    assert read_transfer(tmp_path) is None
