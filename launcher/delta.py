@@ -1,19 +1,19 @@
 """Delta updates: rebuild the new build from the installed one and a small signed patch.
 
-The format, ``zstd-patch``, is a zstd frame compressed with the old build as a raw-content
-dictionary (what ``zstd --patch-from=OLD NEW`` writes); chosen by measurement over bsdiff4
-on real releases (docs/PERFORMANCE.md, ``bench/delta.py``): patches as small, and applying
-one streams, so memory stays at about the old build plus one window (bsdiff4 holds the old
-build, the new one and the patch's decompressed blocks at once). zstandard is imported only
-here, in the worker.
+The format, ``zstd-patch``, is the new build in 4 MiB segments (``SEGMENT``), each a zstd
+frame compressed with the whole old build as a raw-content dictionary (what ``zstd
+--patch-from=OLD`` writes, per segment); chosen by measurement over bsdiff4 on real releases
+(docs/PERFORMANCE.md, ``bench/delta.py``): patches about as small, and applying one streams,
+so memory stays at the old build plus one segment (bsdiff4 holds the old build, the new one
+and the patch's decompressed blocks at once). zstandard is imported only here, in the worker.
 
 A patch is used (:func:`choose`) only when the installed build's sha256 is its
 ``from_sha256``, its format is known, and it is smaller than the build. :func:`apply_patch`
-rebuilds into a temp file beside the target and checks, before decoding, that the frame
-announces exactly the signed size and a window no larger than the old and new builds
-together; while decoding, it caps the output at the signed size and hashes it; at the end the
-sha256 must be the signed one. Every failure is a LauncherError; the worker then downloads
-the full build.
+rebuilds into a temp file beside the target and checks, before decoding, that the first
+frame announces exactly one segment (or the whole build, if smaller); the decoder refuses a
+window larger than the old build and one segment; while decoding, the output is capped at
+the signed size and hashed; at the end size and sha256 must be the signed ones. Every
+failure is a LauncherError; the worker then downloads the full build.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 FORMAT = "zstd-patch"
 TEMP_PREFIX = ".agent.delta-"
 MAX_BASE_RATIO = 1.5  # a base this much bigger than the build costs too much memory
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16
+SEGMENT = 4 << 20  # the new build's bytes per frame (packaging/release_deltas.py)
 _FRAME_HEADER_MAX = 18  # ZSTD_FRAMEHEADERSIZE_MAX
 
 
@@ -54,7 +55,8 @@ def choose(binary: Binary, installed_sha256: str | None) -> Delta | None:
 
 
 def window_cap(base_size: int, size: int) -> int:
-    """The largest window a patch may ask for: a power of two covering both builds."""
+    """The largest window a patch may ask for: a power of two covering the old build and one
+    segment of the new."""
     return 1 << max(10, (base_size + size).bit_length())
 
 
@@ -75,10 +77,11 @@ def apply_patch(base: Path, patch: Path, dest_dir: Path, *, expected_sha256: str
             frame = zstandard.get_frame_parameters(head)
         except zstandard.ZstdError as exc:
             raise DownloadError(f"patch {patch.name} is not a zstd frame: {exc}") from exc
-        if frame.content_size != expected_size:
-            raise DownloadError(f"patch rebuilds {frame.content_size} bytes, the build has "
-                                f"{expected_size}")
-        cap = window_cap(base_size, expected_size)
+        first = min(expected_size, SEGMENT)
+        if frame.content_size != first:
+            raise DownloadError(f"patch rebuilds {frame.content_size} bytes in its first "
+                                f"frame, not {first} (a build of {expected_size})")
+        cap = window_cap(base_size, first)
         if frame.window_size > cap:
             raise DownloadError(f"patch asks for a {frame.window_size} byte window (at most "
                                 f"{cap})")
@@ -122,7 +125,7 @@ def _decode(decompressor: zstandard.ZstdDecompressor, patch: Path, fd: int, path
     hasher = hashlib.sha256()
     written = 0
     with patch.open("rb") as source, decompressor.stream_reader(
-            source, read_size=1 << 16, read_across_frames=False) as reader:
+            source, read_size=1 << 16, read_across_frames=True) as reader:
         while chunk := reader.read(_CHUNK):
             written += len(chunk)
             if written > expected_size:

@@ -199,3 +199,24 @@ def test_the_release_tool_refuses_a_base_it_cannot_find(tmp_path: Path,
                               str(tmp_path / "r"), "--delta-from", "0.1.9"])
     assert code == 2
     assert not (tmp_path / "r" / "version.json").exists()
+
+
+def test_a_build_of_several_segments_rebuilds(builds: tuple[Path, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big builds are patched one segment per frame (the memory bound); small segments here
+    so the build spans five of them."""
+    import release_deltas
+
+    monkeypatch.setattr(release_deltas, "SEGMENT", 16 << 10)
+    monkeypatch.setattr(delta, "SEGMENT", 16 << 10)
+    old, new = builds
+    patch = tmp_path / "p.zst"
+    patch.write_bytes(make_patch(old, new))
+    data = new.read_bytes()
+    out = delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
+                            expected_size=len(data))
+    assert out.read_bytes() == data
+    monkeypatch.setattr(delta, "SEGMENT", 32 << 10)  # a launcher expecting other segments
+    with pytest.raises(DownloadError, match="first frame"):
+        delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
+                          expected_size=len(data))

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from range_server import RangeServer
+from release_server import ReleaseServer, Route
 
 from launcher import partial
 from launcher.download import download
@@ -164,3 +165,20 @@ def test_a_stale_partial_is_not_resumed(server: RangeServer, client: httpx.Clien
     path = fetch(client, server, tmp_path)
     assert path.read_bytes() == DATA
     assert server.requests[-1].range is None and server.requests[-1].status == 200
+
+
+def test_resume_follows_a_redirect_as_from_github(server: RangeServer, client: httpx.Client,
+                                                  tmp_path: Path) -> None:
+    """GitHub's download URL answers 302 to its objects host: each resumed request goes
+    through the redirect again, and the Range reaches the host that has the bytes."""
+    server.cuts = [CUT]
+    with ReleaseServer() as web:
+        web.publish("/releases/download/v0.2.0/agent-linux-amd64", Route.redirect(server.url()))
+        url = web.url("/releases/download/v0.2.0/agent-linux-amd64")
+        with httpx.Client(timeout=5, follow_redirects=True) as follows:
+            path = download(follows, url, tmp_path, expected_sha256=SHA,
+                            expected_size=len(DATA))
+        assert len(web.requests) == 2
+    assert path.read_bytes() == DATA
+    assert [(r.status, r.range) for r in server.requests] == [(200, None),
+                                                              (206, f"bytes={CUT}-")]
