@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import Launcher
+from hostile import agent_pid, manifest_for, quick_args, sleeper, start
 from range_server import RangeServer
 from release_server import ReleaseServer, Route
 
@@ -182,3 +184,27 @@ def test_resume_follows_a_redirect_as_from_github(server: RangeServer, client: h
     assert path.read_bytes() == DATA
     assert [(r.status, r.range) for r in server.requests] == [(200, None),
                                                               (206, f"bytes={CUT}-")]
+
+
+def test_a_launcher_gets_a_build_bigger_than_one_checks_deadline_over_several(
+        launcher: Callable[..., Launcher], tmp_path: Path) -> None:
+    """A slow link and a short --download-deadline: each check ends at its deadline with a
+    part of the build, the next check continues it, and the build arrives whole."""
+    new = sleeper(tmp_path, "0.2.0", pad=1 << 20).read_bytes()
+    with ReleaseServer() as meta, RangeServer(new) as slow:
+        slow.rate_bps = 256 << 10  # about 4 s for the build, 1.2 s allowed per check
+        meta.publish("/version.json", Route(body=manifest_for("0.2.0", slow.url(), new)))
+        lch = launcher()
+        start(lch, quick_args(meta.url("/version.json"), sleeper(tmp_path, "0.1.0"),
+                              **{"--download-deadline": "1.2"}), "0.1.0")
+        agent_pid(lch, "0.2.0", timeout=60)
+        assert lch.stop() == 0
+    ranges = [r.range for r in slow.requests]
+    assert ranges[0] is None and len(ranges) >= 3
+    assert all(r is not None for r in ranges[1:]), ranges
+    offsets = [int(r.removeprefix("bytes=").rstrip("-")) for r in ranges[1:] if r]
+    assert offsets == sorted(set(offsets))  # each check continued where the last one stopped
+    # Sent, not received: what sat in the socket buffers at each deadline is sent twice.
+    assert sum(r.sent for r in slow.requests) < len(new) + len(ranges) * (256 << 10)
+    assert "exceeded its deadline" in lch.log()
+    assert not [p for p in (lch.state_dir / "bin").iterdir() if p.name.startswith(".agent.")]
