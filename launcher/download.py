@@ -127,8 +127,9 @@ def download(
         finally:
             os.close(fd)
             transfer.progress.close()
-    except BaseException:
-        if resume and transfer.keep and transfer.received > 0:
+    except BaseException as exc:
+        if (resume and transfer.keep and transfer.received > 0
+                and not isinstance(exc, HostError | ChecksumError)):
             partial.keep(path, url, expected, expected_size, transfer.validators)
         else:
             partial.discard(path)
@@ -147,6 +148,14 @@ def _run(client: httpx.Client, transfer: _Transfer, writer: _FileWriter,
     if not offset:
         writer.truncate()
     transfer.validators = validators
+    if offset and offset == transfer.expected_size:  # complete already (killed before use)
+        digest = writer.hash_prefix(offset).hexdigest()
+        if digest == expected:
+            transfer.received = offset
+            logger.info("the partial download of %s is complete", transfer.url)
+            return digest
+        writer.truncate()
+        offset, validators = 0, partial.Validators()
     restarted = False
     for left in range(attempts - 1, -1, -1):
         before = offset

@@ -367,6 +367,18 @@ def test_full_disk_is_a_host_error(
     assert leftovers(tiny) == []
 
 
+def test_full_disk_discards_a_resumable_partial_too(
+    server: ReleaseServer, client: httpx.Client, mount_tmpfs: Callable[[str], Path]
+) -> None:
+    tiny = mount_tmpfs("size=64k")
+    big = DATA * 16
+    server.publish("/bin/agent", Route(body=big))
+    with pytest.raises(HostError, match="No space left on device"):
+        fetch(client, server.url("/bin/agent"), tiny, expected_size=len(big),
+              expected_sha256=hashlib.sha256(big).hexdigest(), resume=True)
+    assert leftovers(tiny) == []
+
+
 def test_read_only_dest_dir_is_a_host_error(
     client: httpx.Client, mount_tmpfs: Callable[[str], Path]
 ) -> None:

@@ -208,3 +208,17 @@ def test_a_launcher_gets_a_build_bigger_than_one_checks_deadline_over_several(
     assert sum(r.sent for r in slow.requests) < len(new) + len(ranges) * (256 << 10)
     assert "exceeded its deadline" in lch.log()
     assert not [p for p in (lch.state_dir / "bin").iterdir() if p.name.startswith(".agent.")]
+
+
+def test_a_complete_partial_is_used_without_a_request(server: RangeServer,
+                                                      client: httpx.Client,
+                                                      tmp_path: Path) -> None:
+    """A worker killed after the last byte but before the swap left the whole build."""
+    server.cuts = [CUT]
+    with pytest.raises(DownloadError):
+        fetch(client, server, tmp_path, attempts=1)
+    kept = tmp_path / partial.name_for(SHA)
+    kept.write_bytes(DATA)
+    path = fetch(client, server, tmp_path)
+    assert path.read_bytes() == DATA and len(server.requests) == 1
+
