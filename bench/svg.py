@@ -59,10 +59,11 @@ def line_chart(path: Path, title: str, series: dict[str, Sequence[tuple[float, f
                    'stroke="#ddd"/>')
         out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
                    f"{_label(tick)}</text>")
-    for tick in _ticks(span):
-        x = px(x_min + tick)
+    step = _ticks(span)[1]
+    for k in range(math.ceil(x_min / step), math.floor(x_max / step) + 1):
+        x = px(k * step)
         out.append(f'<text x="{x:.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">'
-                   f"{_label(x_min + tick)}</text>")
+                   f"{_label(k * step) if k >= 0 else '-' + _label(-k * step)}</text>")
     out.append(f'<line x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}" '
                'stroke="black"/>')
     out.append(f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{H - BOTTOM}" stroke="black"/>')
@@ -75,8 +76,8 @@ def line_chart(path: Path, title: str, series: dict[str, Sequence[tuple[float, f
         out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
                    f'points="{coords}"/>')
         ly = TOP + 4 + 16 * n
-        out.append(f'<line x1="{W - RIGHT - 180}" y1="{ly}" x2="{W - RIGHT - 160}" y2="{ly}" '
+        out.append(f'<line x1="{W - RIGHT - 230}" y1="{ly}" x2="{W - RIGHT - 210}" y2="{ly}" '
                    f'stroke="{colour}" stroke-width="3"/>')
-        out.append(f'<text x="{W - RIGHT - 154}" y="{ly + 4}">{escape(name)}</text>')
+        out.append(f'<text x="{W - RIGHT - 204}" y="{ly + 4}">{escape(name)}</text>')
     out.append("</svg>")
     path.write_text("\n".join(out) + "\n")
