@@ -26,6 +26,7 @@ TRANSFER_FILE = "transfer.json"
 LOG_EVERY_S = 10.0
 LOG_FRACTION = 0.10
 FILE_EVERY_S = 1.0
+QUIET_S = 2.0  # no 10% lines before a transfer has run this long
 STALE_S = 120.0  # a transfer file not rewritten for this long is not in flight
 
 
@@ -33,7 +34,8 @@ class Progress:
     """Pacing of the progress lines and the transfer file for one download.
 
     ``update(received)`` is called after every chunk; it logs when ``LOG_EVERY_S`` has passed
-    since the last line or the transfer crossed the next ``LOG_FRACTION`` of ``total``, and
+    since the last line or the transfer crossed the next ``LOG_FRACTION`` of ``total`` (once it
+    has run ``QUIET_S``: a quick download is not narrated), and
     rewrites the transfer file at most every ``FILE_EVERY_S``. Rate and time left count the
     bytes of this run only (a resumed transfer's earlier bytes cost no time now).
     """
@@ -85,7 +87,8 @@ class Progress:
         now = self.clock()
         due = now - self._last_log >= self.log_every_s
         if self.total and received / self.total >= self._next_fraction:
-            due = True
+            # A download done within QUIET_S says nothing but its "downloaded" line.
+            due = due or now - self.start >= QUIET_S
             while self._next_fraction <= received / self.total:
                 self._next_fraction += self.log_fraction
         if due:

@@ -47,10 +47,21 @@ def test_a_line_every_ten_seconds_or_ten_percent(caplog: pytest.LogCaptureFixtur
         clock.now += 0.03
         progress.update(25 + step * 975 // 30)
     assert progress.lines == 2 + 10
+
     snapshot = json.loads((tmp_path / TRANSFER_FILE).read_text())
     assert snapshot["total"] == total and snapshot["url"] == "http://x/agent"
     progress.close()
     assert not (tmp_path / TRANSFER_FILE).exists()
+
+
+def test_a_quick_download_is_not_narrated() -> None:
+    clock = Clock()
+    progress = Progress("u", 100, clock=clock)
+    progress.begin(0)
+    for i in range(1, 11):
+        clock.now += 0.1
+        progress.update(i * 10)
+    assert progress.lines == 0
 
 
 def test_download_reports_through_the_injected_clock(tmp_path: Path) -> None:
