@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -187,10 +188,16 @@ def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str
 
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    staged = _via_delta(source, client, s, version, binary, bin_dir) if binary.deltas else None
+    # One --download-deadline for the whole stage, so the resident's limit on the worker
+    # holds: a patch gets half of it, the full build what is left (at least the other half).
+    deadline = float(s["download_deadline_s"])
+    started = time.monotonic()
+    staged = (_via_delta(source, client, s, version, binary, bin_dir, deadline / 2)
+              if binary.deltas else None)
     if staged is None:
         staged = _fetch(source, client, s, binary.url, bin_dir, sha256=binary.sha256,
-                        size=binary.size, extra={"version": version, "kind": "full"})
+                        size=binary.size, extra={"version": version, "kind": "full"},
+                        deadline_s=max(deadline - (time.monotonic() - started), deadline / 2))
     faults.worker_fault("downloaded")
     try:
         preflight.preflight(staged, version)
@@ -202,7 +209,7 @@ def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str
 
 
 def _fetch(source: Source, client: httpx.Client, s: dict[str, Any], url: str, bin_dir: Path,
-           *, sha256: str, size: int | None, extra: dict[str, Any]) -> Path:
+           *, sha256: str, size: int | None, extra: dict[str, Any], deadline_s: float) -> Path:
     """One file of the release into ``bin_dir``, capped at ``size`` and checked against
     ``sha256``: copied from a local release, else downloaded (resumable, with progress)."""
     from launcher import download
@@ -219,13 +226,13 @@ def _fetch(source: Source, client: httpx.Client, s: dict[str, Any], url: str, bi
                         extra=extra)
     return download.download(
         client, url, bin_dir, expected_sha256=sha256, expected_size=size,
-        max_bytes=int(s["max_binary_bytes"]), deadline_s=float(s["download_deadline_s"]),
+        max_bytes=int(s["max_binary_bytes"]), deadline_s=deadline_s,
         min_speed_bps=float(s["min_speed_bps"]), progress=progress,
     )
 
 
 def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
-               binary: Binary, bin_dir: Path) -> Path | None:
+               binary: Binary, bin_dir: Path, deadline_s: float) -> Path | None:
     """The build rebuilt from the installed one and a signed patch, or None (no patch fits
     the installed build, or using it failed: the caller downloads the full build)."""
     from launcher import delta
@@ -240,7 +247,8 @@ def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version:
     assert binary.size is not None  # choose() returns a patch only for a sized build
     try:
         patch = _fetch(source, client, s, chosen.url, bin_dir, sha256=chosen.sha256,
-                       size=chosen.size, extra={"version": version, "kind": "delta"})
+                       size=chosen.size, extra={"version": version, "kind": "delta"},
+                       deadline_s=deadline_s)
         try:
             rebuilt = delta.apply_patch(installed, patch, bin_dir,
                                         expected_sha256=binary.sha256,
