@@ -116,11 +116,13 @@ class Release:
         return [r.path for r in self.srv.requests]
 
 
-def stage(srv: ReleaseServer, state_dir: Path, installed: Path | None) -> worker.Result:
+def stage(srv: ReleaseServer, state_dir: Path, installed: Path | None,
+          **settings: Any) -> worker.Result:
     if installed is not None:
         (state_dir / "bin" / "agent").write_bytes(installed.read_bytes())
     s = Settings(manifest_url=srv.url("/version.json"), platform="linux-amd64",
-                 state_dir=state_dir, allow_http=True, allow_unsigned=True).for_worker()
+                 state_dir=state_dir, allow_http=True, allow_unsigned=True,
+                 **settings).for_worker()
     current = {"version": "0.1.0", "sha256": "0" * 64} if installed else None
     return worker.run_check({"settings": s, "current": current, "bad": [], "host_id": "h",
                              "stage": True})
@@ -220,3 +222,17 @@ def test_a_build_of_several_segments_rebuilds(builds: tuple[Path, Path], tmp_pat
     with pytest.raises(DownloadError, match="first frame"):
         delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
                           expected_size=len(data))
+
+
+def test_a_slow_patch_leaves_the_full_download_its_share_of_the_deadline(
+        builds: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old, new = builds
+    caplog.set_level(logging.INFO)
+    with ReleaseServer() as srv:
+        release = Release(srv, old, new)
+        srv.publish("/bin/patch", Route(body=release.patch, behaviour="trickle",
+                                        chunk_bytes=1, interval_s=0.05))
+        result = stage(srv, tmp_path / "state", old, download_deadline_s=2.0)
+    assert staged_bytes(result, tmp_path / "state") == release.new
+    assert "exceeded its deadline of 1s" in caplog.text
+    assert release.paths() == ["/version.json", "/bin/patch", "/bin/agent"]
