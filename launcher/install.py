@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 AGENT = "agent"
 OLD = "agent.old"
 TEMP_PREFIX = ".agent."
+PARTIAL_PREFIX = ".agent.partial-"  # launcher.partial.PREFIX (kept: resumable)
 
 
 # sha256 of each file, None for one that does not exist. The resident passes one that hashes
@@ -44,10 +45,12 @@ def file_shas(paths: Sequence[Path]) -> list[str | None]:
 
 
 def clean_temp_files(bin_dir: Path, keep: str | None = None) -> list[str]:
-    """Remove leftovers of interrupted downloads and swaps; returns their names."""
+    """Remove leftovers of interrupted downloads and swaps; returns their names. A partial
+    download (``.agent.partial-*``) stays for the next check to resume: ``launcher.partial``
+    removes it when the release changes or it grows stale."""
     removed = []
     for p in bin_dir.glob(TEMP_PREFIX + "*"):
-        if p.name != keep:
+        if p.name != keep and not p.name.startswith(PARTIAL_PREFIX):
             p.unlink(missing_ok=True)
             removed.append(p.name)
     if removed:

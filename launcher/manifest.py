@@ -35,38 +35,56 @@ logger = logging.getLogger(__name__)
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _VERSION_ERROR = "manifest_version"
+MAX_DELTAS = 32
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+def _absolute_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("https", "http", "file", "oci"):
+        raise ValueError("must be an https:// (or http://, file://) URL, or oci:sha256:HEX "
+                         "in an OCI release")
+    return value
+
+
+def _sha256_hex(value: str) -> str:
+    normalised = value.lower()
+    if not _SHA256_RE.fullmatch(normalised):
+        raise ValueError("must be 64 hexadecimal characters")
+    return normalised
+
+
+class Delta(_Model):
+    """A patch that rebuilds the platform's build from the build whose sha256 is
+    ``from_sha256`` (see ``launcher.delta``); ``size`` and ``sha256`` are the patch's own."""
+
+    from_sha256: str
+    url: Annotated[str, Field(min_length=1)]
+    sha256: str
+    size: Annotated[int, Field(gt=0, strict=True)]
+    format: Annotated[str, Field(min_length=1, max_length=64)]
+
+    _url = field_validator("url")(_absolute_url)
+    _hex = field_validator("sha256", "from_sha256")(_sha256_hex)
+
+
 class Binary(_Model):
-    """One platform's build: where to fetch it, its digest and, optionally, its size."""
+    """One platform's build: where to fetch it, its digest and, optionally, its size and
+    patches from earlier builds (``deltas``)."""
 
     url: Annotated[str, Field(min_length=1)]
     sha256: str
     size: Annotated[int | None, Field(default=None, gt=0, strict=True)] = None
+    deltas: Annotated[tuple[Delta, ...], Field(max_length=MAX_DELTAS)] = ()
 
-    @field_validator("url")
-    @classmethod
-    def _absolute_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-        except ValueError as exc:
-            raise ValueError(f"is not a valid URL ({exc})") from None
-        if parts.scheme not in ("https", "http", "file", "oci"):
-            raise ValueError("must be an https:// (or http://, file://) URL, or oci:sha256:HEX "
-                             "in an OCI release")
-        return value
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha256_hex(cls, value: str) -> str:
-        normalised = value.lower()
-        if not _SHA256_RE.fullmatch(normalised):
-            raise ValueError("must be 64 hexadecimal characters")
-        return normalised
+    _url = field_validator("url")(_absolute_url)
+    _hex = field_validator("sha256")(_sha256_hex)
 
 
 class Rollout(_Model):

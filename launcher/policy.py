@@ -49,7 +49,10 @@ def decide(
     sha256), and admitted by the rollout (``cohort < percent``; no rollout admits all; a
     host without a cohort is admitted only at 100%). A candidate above any of ``pins`` is
     never taken, not even by an empty host. Versions must be valid PEP 440 versions
-    (``InvalidVersion`` otherwise).
+    (``InvalidVersion`` otherwise). "Newer" compares the public versions: a local part
+    (``3.46.3+bea5943``, a native build's metadata) names a build, not a place in the
+    order, so another build of the same public version is not an update (``install``
+    takes one on purpose).
     """
     from packaging.version import InvalidVersion, Version  # lazily: the resident never decides
 
@@ -72,7 +75,7 @@ def decide(
             return Decision("none", bad_reason)
         return Decision("install", f"installed version {current!r} is not a valid version: "
                                    f"installing {candidate}")
-    if wanted <= installed:
+    if Version(wanted.public) <= Version(installed.public):
         return Decision("none", f"{candidate} is not newer than {current}")
     if is_bad(candidate, sha, bad):
         return Decision("none", bad_reason)

@@ -2,9 +2,10 @@
 
 Runs ``<path> --version`` in a clean, minimal environment with its own session (so a
 timeout kills the whole group), reads at most ``max_output_bytes`` of stdout and a little
-stderr, and compares the stripped output with the expected version exactly. This runs in
-the short-lived worker, never in the resident, so owning a ``Popen`` and its ``waitpid`` here
-is safe.
+stderr, and compares the stripped output with the expected version exactly (the whole
+output, or one word of its first line: see :func:`prints_version`). This runs in the
+short-lived worker, never in the resident, so owning a ``Popen`` and its ``waitpid`` here is
+safe.
 """
 
 from __future__ import annotations
@@ -71,11 +72,23 @@ def preflight(
     if status != 0:
         raise PreflightError(f"preflight: {command} {_describe_status(status)}{_tail(stderr)}")
     printed = stdout.decode("utf-8", errors="replace").strip()
-    if printed != expected_version:
+    if not prints_version(printed, expected_version):
         raise PreflightError(
             f"preflight: {command} printed {printed[:200]!r}, expected {expected_version!r}"
         )
     logger.info("preflight passed: %s prints %s", path, printed)
+
+
+def prints_version(printed: str, expected: str) -> bool:
+    """Whether ``--version`` output names exactly ``expected``: the whole output, or one
+    word of its first line, with or without a leading ``v``, as native programs print it
+    (``docker-registry github.com/docker/distribution 2.8.2+ds1``, ``v3.46.3+bea5943``).
+    The comparison is of strings: ``1.0`` is not ``1.0.0``, and ``3.46.3`` is not
+    ``3.46.3+bea5943``, whose local part names the build."""
+    if printed == expected:
+        return True
+    first = printed.splitlines()[0] if printed else ""
+    return any(word.removeprefix("v") == expected for word in first.split())
 
 
 def _collect(

@@ -18,6 +18,7 @@ from launcher import controls, settings
 from launcher.errors import ConfigError
 from launcher.journal import Journal, State
 from launcher.lock import holder_pid
+from launcher.progress import describe_transfer, read_transfer
 
 DEFAULT_STATE_DIR = "/var/lib/nginx-manager"
 
@@ -35,7 +36,8 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
                 "last_check_at": None, "last_error": None, "next_check_at": None,
                 "launcher_pid": pid, "agent": None, "host_id": None, "trial": None,
                 "cohort": None, "cohort_version": None, "signatures": None, "serial": None,
-                "expires": None, "stale_since": None, **controls.status_fields(None, 0.0)}
+                "expires": None, "stale_since": None, "transfer": read_transfer(state_dir),
+                **controls.status_fields(None, 0.0)}
     child = state.child
     return {
         "state_dir": str(state_dir),
@@ -59,6 +61,7 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
         **_cohort(state),
         **_trust(state),
         **controls.status_fields(state, time.time()),  # hold, pin, channel, window, ...
+        "transfer": read_transfer(state_dir),
     }
 
 
@@ -165,6 +168,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines.append(f"last check:  {d['last_check_at'] or 'never'}"
                  + (f", error: {d['last_error']}" if d["last_error"] else ""))
     lines.append(f"next check:  {d['next_check_at'] or '-'}")
+    if d["transfer"]:
+        lines.append(f"transfer:    {describe_transfer(d['transfer'])}")
     lines.append(f"signatures:  {d['signatures'] or '-'}"
                  + (f", serial {d['serial']}" if d["serial"] is not None else "")
                  + (f", expires {d['expires']}" if d["expires"] else "")

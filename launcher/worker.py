@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -256,33 +257,30 @@ def _is_bundle(url: str) -> bool:
 
 def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
           binary: Binary) -> str:
-    """Download (or copy) ``binary`` beside ``bin/agent``, verified; the temp file's name."""
-    from launcher import download, preflight
+    """Download (or copy, or rebuild from a patch) ``binary`` beside ``bin/agent``, verified;
+    the temp file's name."""
+    from launcher import preflight
+    from launcher.sources.base import CarriesBinaries
 
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    # Plain http is refused by the client itself, on this URL and every redirect hop.
-    from launcher.sources.base import CarriesBinaries
-
-    if isinstance(source, CarriesBinaries):
+    if isinstance(source, CarriesBinaries):  # an OCI registry or bundle: blobs, by digest
         staged = source.stage_binary(binary, s["platform"], bin_dir, s)
     elif urlsplit(binary.url).scheme == "oci":
         raise ManifestError(f"binary URL {binary.url} names a blob of an OCI release: it "
                             "installs only from an OCI registry or layout source")
-    elif urlsplit(binary.url).scheme == "file":
-        if not isinstance(source, LocalSource):
-            raise InsecureError(f"refusing local file URL {binary.url} from a remote manifest")
-        staged = download.copy_local(
-            LocalSource.from_url(binary.url).path, bin_dir,
-            expected_sha256=binary.sha256, expected_size=binary.size,
-            max_bytes=int(s["max_binary_bytes"]))
     else:
-        staged = download.download(
-            client, binary.url, bin_dir,
-            expected_sha256=binary.sha256, expected_size=binary.size,
-            max_bytes=int(s["max_binary_bytes"]), deadline_s=float(s["download_deadline_s"]),
-            min_speed_bps=float(s["min_speed_bps"]),
-        )
+        # One --download-deadline for the whole stage, so the resident's limit on the worker
+        # holds: a patch gets half of it, the full build what is left (at least the other
+        # half).
+        deadline = float(s["download_deadline_s"])
+        started = time.monotonic()
+        patched = (_via_delta(source, client, s, version, binary, bin_dir, deadline / 2)
+                   if binary.deltas else None)
+        staged = patched or _fetch(
+            source, client, s, binary.url, bin_dir, sha256=binary.sha256, size=binary.size,
+            extra={"version": version, "kind": "full"},
+            deadline_s=max(deadline - (time.monotonic() - started), deadline / 2))
     faults.worker_fault("downloaded")
     try:
         preflight.preflight(staged, version)
@@ -291,6 +289,63 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
         raise
     log.info("staged %s (sha256 %s) as %s", version, binary.sha256[:12], staged.name)
     return staged.name
+
+
+def _fetch(source: Source, client: httpx.Client, s: dict[str, Any], url: str, bin_dir: Path,
+           *, sha256: str, size: int | None, extra: dict[str, Any], deadline_s: float) -> Path:
+    """One file of the release into ``bin_dir``, capped at ``size`` and checked against
+    ``sha256``: copied from a local release, else downloaded (resumable, with progress)."""
+    from launcher import download
+    from launcher.progress import TRANSFER_FILE, Progress
+
+    # Plain http is refused by the client itself, on this URL and every redirect hop.
+    if urlsplit(url).scheme == "file":
+        if not isinstance(source, LocalSource):
+            raise InsecureError(f"refusing local file URL {url} from a remote manifest")
+        return download.copy_local(LocalSource.from_url(url).path, bin_dir,
+                                   expected_sha256=sha256, expected_size=size,
+                                   max_bytes=int(s["max_binary_bytes"]))
+    progress = Progress(redact(url), size, file=Path(s["state_dir"]) / TRANSFER_FILE,
+                        extra=extra)
+    return download.download(
+        client, url, bin_dir, expected_sha256=sha256, expected_size=size,
+        max_bytes=int(s["max_binary_bytes"]), deadline_s=deadline_s,
+        min_speed_bps=float(s["min_speed_bps"]), progress=progress,
+    )
+
+
+def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
+               binary: Binary, bin_dir: Path, deadline_s: float) -> Path | None:
+    """The build rebuilt from the installed one and a signed patch, or None (no patch fits
+    the installed build, or using it failed: the caller downloads the full build)."""
+    from launcher import delta
+    from launcher.oneshot import sha256
+
+    installed = bin_dir / "agent"
+    chosen = delta.choose(binary, sha256(installed))
+    if chosen is None:
+        log.info("no patch in the manifest fits the installed build; downloading the full "
+                 "build")
+        return None
+    assert binary.size is not None  # choose() returns a patch only for a sized build
+    try:
+        patch = _fetch(source, client, s, chosen.url, bin_dir, sha256=chosen.sha256,
+                       size=chosen.size, extra={"version": version, "kind": "delta"},
+                       deadline_s=deadline_s)
+        try:
+            rebuilt = delta.apply_patch(installed, patch, bin_dir,
+                                        expected_sha256=binary.sha256,
+                                        expected_size=binary.size)
+        finally:
+            patch.unlink(missing_ok=True)
+    except Exception as exc:  # any failure of the patch path falls back to the full build
+        described = exc.describe() if isinstance(exc, LauncherError) else repr(exc)
+        log.warning("patch from the installed build failed (%s); downloading the full build",
+                    redact(described))
+        return None
+    log.info("rebuilt %s from a %d byte patch instead of downloading %d bytes", version,
+             chosen.size, binary.size)
+    return rebuilt
 
 
 @dataclass(frozen=True)

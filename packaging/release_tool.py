@@ -4,7 +4,7 @@
     python3 packaging/release_tool.py VERSION [--binary FILE] [--release-dir DIR]
                                               [--base-url URL] [--sign-key FILE]
                                               [--expires-in DAYS | --no-expires] [--serial N]
-                                              [--channel NAME]
+                                              [--channel NAME] [--delta-from FILE|VERSION ...]
     python3 packaging/release_tool.py VERSION --oci-push oci://HOST/REPO:TAG | --oci-layout DIR
                                               [--registry-credentials FILE] [--ca-file FILE]
     python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
@@ -45,13 +45,20 @@ release instead (``agent-linux-amd64``, ``agent-linux-arm64``, ``version.json``,
 ``https://github.com/OWNER/REPO/releases/download/vVERSION/`` with ``--github-repo``, else
 at ``--base-url``. Upload them to the release tagged ``vVERSION``.
 
+With ``--delta-from FILE|VERSION`` (repeatable) each platform also gets a patch from that
+earlier build (a file, or a version already published in the release directory) to the new
+one, ``bin/VERSION/agent-PLATFORM.from-BASE.zst``, listed in the signed manifest under
+``binaries.PLATFORM.deltas`` (see ``release_deltas.py``); a patch not smaller than the build
+is left out. A launcher whose installed build is the base downloads the patch instead.
+
 With ``--oci-push oci://HOST[:PORT]/REPO:TAG`` (repeatable; ``--registry-credentials FILE``,
 ``--ca-file FILE``) and/or ``--oci-layout DIR`` nothing is published into a release
 directory: the release goes to a registry as an OCI artifact, or into DIR as an OCI image
 layout (an offline bundle), see ``oci_release.py``. Both need the venv's Python.
 
 Exit codes: 0 published; 2 bad arguments (version, missing binary); 1 anything else.
-Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py).
+Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py) and
+``--delta-from`` (``zstandard``, via release_deltas.py).
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,19 +104,21 @@ SIGNATURE_NAME = MANIFEST_NAME + ".minisig"
 SUMS_NAME = "SHA256SUMS"
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
-# PEP 440 public versions in canonical form (no "v" prefix, no local part, no
-# alternative spellings): the version also names a directory and a URL path.
+# PEP 440 versions in canonical form (no "v" prefix, no alternative spellings), with an
+# optional local part as native builds print their build metadata (3.46.3+bea5943; lower
+# case, dot-separated): the version also names a directory and a URL path.
 _CANONICAL_VERSION = re.compile(
     r"^([1-9][0-9]*!)?(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
-    r"((a|b|rc)(0|[1-9][0-9]*))?(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?$"
+    r"((a|b|rc)(0|[1-9][0-9]*))?(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?"
+    r"(\+[a-z0-9]+(\.[a-z0-9]+)*)?$"
 )
 
 
 def check_version(version: str) -> str:
     if not _CANONICAL_VERSION.match(version):
         raise ReleaseError(
-            f"version {version!r} is not a canonical PEP 440 public version (e.g. 0.1.2, "
-            "1.0rc1, 2.0.post1)"
+            f"version {version!r} is not a canonical PEP 440 version (e.g. 0.1.2, 1.0rc1, "
+            "2.0.post1, 3.46.3+bea5943)"
         )
     return version
 
@@ -149,9 +159,14 @@ def publish(
     expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
     serial: int | None = None,
     channel: str = "stable",
+    delta_from: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Publish ``version`` into ``release_dir``; return the manifest written."""
+    """Publish ``version`` into ``release_dir``; return the manifest written.
+
+    ``delta_from``: earlier builds (a FILE, or a VERSION published in ``release_dir``) to
+    publish patches from, beside the binaries, listed in each platform's ``deltas``."""
     check_version(version)
+    bases = {spec: _delta_bases(spec, release_dir) for spec in delta_from}
     now = datetime.now(UTC)
     target = channel_manifest(Path(release_dir), check_channel(channel))
     fresh = _freshness(target, now, expires_in_days, serial)
@@ -170,9 +185,12 @@ def publish(
             platform: write_atomically(bin_dir / f"agent-{platform}", read_chunks(source), 0o755)
             for platform in PLATFORMS
         }
+    patches = _write_deltas(bases, files, bin_dir, f"{base_url.rstrip('/')}/bin/{version}")
     fsync_dir(bin_dir.parent)
     date = format_release_date(release_date or now)
-    manifest = stamp(build_manifest(version, base_url, date, files), channel=channel, **fresh)
+    built = build_manifest(version, base_url, date, files)
+    _list_deltas(built, patches)
+    manifest = stamp(built, channel=channel, **fresh)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
     signature = sign(body, secret) if secret is not None else None
     write_manifest(version_manifest(release_dir, version), body, signature)
@@ -198,9 +216,11 @@ def write_assets(
     sign_key: Path | None = None,
     expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
     serial: int | None = None,
+    delta_from: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write a GitHub release's assets into ``assets_dir``; return the manifest."""
     check_version(version)
+    bases = {spec: _delta_bases(spec, None) for spec in delta_from}
     now = datetime.now(UTC)
     fresh = _freshness(Path(assets_dir) / MANIFEST_NAME, now, expires_in_days, serial)
     base = github_download_base(github_repo, version) if github_repo else base_url.rstrip("/")
@@ -218,13 +238,18 @@ def write_assets(
                                         0o755)
             for platform in PLATFORMS
         }
+    patches = _write_deltas(bases, files, assets_dir, base)
     date = format_release_date(release_date or now)
-    manifest = stamp(build_manifest(version, base, date, files), **fresh)
+    built = build_manifest(version, base, date, files)
+    _list_deltas(built, patches)
+    manifest = stamp(built, **fresh)
     for platform, entry in manifest["binaries"].items():
         entry["url"] = f"{base}/agent-{platform}"
     body = (json.dumps(manifest, indent=2) + "\n").encode()
     write_atomically(assets_dir / MANIFEST_NAME, [body], 0o644)
     sums = {f"agent-{p}": sha for p, (sha, _) in files.items()}
+    sums.update({entry["url"].rsplit("/", 1)[1]: str(entry["sha256"])
+                 for entries in patches.values() for entry in entries})
     sums[MANIFEST_NAME] = hashlib.sha256(body).hexdigest()
     lines = "".join(f"{sha}  {name}\n" for name, sha in sorted(sums.items()))
     write_atomically(assets_dir / SUMS_NAME, [lines.encode()], 0o644)
@@ -233,6 +258,62 @@ def write_assets(
     else:
         (assets_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
+
+
+def _delta_bases(spec: str, release_dir: Path | None) -> dict[str, Path]:
+    """Each platform's earlier build named by ``spec``: a FILE (for every platform), or a
+    VERSION already published in ``release_dir``."""
+    if Path(spec).is_file():
+        return dict.fromkeys(PLATFORMS, Path(spec))
+    if release_dir is None:
+        raise ReleaseError(f"--delta-from {spec}: no such file (a VERSION needs a release "
+                           "directory)")
+    check_version(spec)
+    bases = {p: Path(release_dir) / "bin" / spec / f"agent-{p}" for p in PLATFORMS}
+    missing = [str(path) for path in bases.values() if not path.is_file()]
+    if missing:
+        raise ReleaseError(f"--delta-from {spec}: no such file or published version "
+                           f"({', '.join(missing)} missing)")
+    return bases
+
+
+def _write_deltas(bases: dict[str, dict[str, Path]], files: dict[str, tuple[str, int]],
+                  out_dir: Path, url_base: str) -> dict[str, list[dict[str, object]]]:
+    """Write each platform's patches from ``bases`` into ``out_dir``; their manifest entries.
+
+    A patch is not published when its base is the new build itself or when it is not
+    smaller than the build. Identical (base, build) pairs are computed once."""
+    from release_deltas import make_patch, patch_entry
+
+    made: dict[tuple[str, str], bytes | None] = {}
+    patches: dict[str, list[dict[str, object]]] = {p: [] for p in files}
+    for spec, per_platform in bases.items():
+        for platform, (sha, size) in files.items():
+            base = per_platform[platform]
+            base_sha = hashlib.sha256(base.read_bytes()).hexdigest()
+            if base_sha == sha or any(e["from_sha256"] == base_sha for e in patches[platform]):
+                continue
+            if (base_sha, sha) not in made:
+                patch = make_patch(base, out_dir / f"agent-{platform}")
+                made[(base_sha, sha)] = patch if len(patch) < size else None
+            patch_bytes = made[(base_sha, sha)]
+            label = spec if not Path(spec).is_file() else base_sha[:12]
+            if patch_bytes is None:
+                print(f"delta from {label} for {platform} not published: not smaller than "
+                      f"the build ({size} bytes)")
+                continue
+            name = f"agent-{platform}.from-{label}.zst"
+            write_atomically(out_dir / name, [patch_bytes], 0o644)
+            patches[platform].append(patch_entry(f"{url_base}/{name}", base_sha, patch_bytes))
+            print(f"delta from {label} for {platform}: {len(patch_bytes)} bytes "
+                  f"({100 * len(patch_bytes) / size:.1f}% of {size})")
+    return patches
+
+
+def _list_deltas(manifest: dict[str, Any], patches: dict[str, list[dict[str, object]]]) -> None:
+    for platform, entries in patches.items():
+        if entries:
+            manifest["binaries"][platform]["deltas"] = entries
 
 
 def publish_oci(
@@ -323,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a GitHub release's assets into DIR instead of publishing")
     parser.add_argument("--github-repo", metavar="OWNER/REPO",
                         help="with --assets-dir: URLs of github.com/OWNER/REPO release vVERSION")
+    parser.add_argument("--delta-from", action="append", default=[], metavar="FILE|VERSION",
+                        help="also publish patches from this earlier build (a file, or a "
+                             "version published in --release-dir) to the new one, per "
+                             "platform; repeatable")
     parser.add_argument("--oci-push", metavar="oci://HOST[:PORT]/REPO:TAG", action="append",
                         help="push the release to a registry as an OCI artifact instead; "
                              "repeatable (the same release to each, e.g. a mirror)")
@@ -343,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = publish(args.version, release_dir, args.base_url, binary=args.binary,
                            sign_key=args.sign_key, serial=args.serial, channel=args.channel,
+                           delta_from=args.delta_from,
                            expires_in_days=None if args.no_expires else args.expires_in)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)
@@ -386,6 +472,7 @@ def _main_assets(args: argparse.Namespace) -> int:
         manifest = write_assets(args.version, args.assets_dir, github_repo=args.github_repo,
                                 base_url=args.base_url, binary=args.binary,
                                 sign_key=args.sign_key, serial=args.serial,
+                                delta_from=args.delta_from,
                                 expires_in_days=None if args.no_expires else args.expires_in)
     except ReleaseError as exc:
         print(f"release-local: error: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ import psutil
 from conftest import Launcher, script_agent, signing_args
 
 SLEEPER = "exec sleep 100000"
+PARTIAL = ".agent.partial-"
 
 
 def sha(path: Path) -> str:
@@ -88,7 +89,15 @@ def agent_pid(lch: Launcher, version: str, timeout: float = 15.0) -> int:
 
 
 def files_in_bin(lch: Launcher) -> list[str]:
-    return sorted(p.name for p in (lch.state_dir / "bin").iterdir())
+    """What ``bin/`` holds, leaving out a cut download's partial (``.agent.partial-*`` and its
+    record), which stays on purpose for the next check to resume (``launcher.partial``)."""
+    return sorted(p.name for p in (lch.state_dir / "bin").iterdir()
+                  if not p.name.startswith(PARTIAL))
+
+
+def partials_in_bin(lch: Launcher) -> list[str]:
+    return sorted(p.name for p in (lch.state_dir / "bin").iterdir()
+                  if p.name.startswith(PARTIAL))
 
 
 def assert_untouched(lch: Launcher, pid: int, version: str, error_words: str,

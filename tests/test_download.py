@@ -47,7 +47,9 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def fetch(client: httpx.Client, url: str, dest: Path, **overrides: object) -> Path:
-    options: dict[str, object] = {"expected_sha256": SHA, "expected_size": len(DATA)}
+    # The limits, one request each, with nothing kept on failure; resuming is in test_resume.
+    options: dict[str, object] = {"expected_sha256": SHA, "expected_size": len(DATA),
+                                  "resume": False}
     options.update(overrides)
     return download(client, url, dest, **options)  # type: ignore[arg-type]
 
@@ -362,6 +364,18 @@ def test_full_disk_is_a_host_error(
             expected_size=len(big),
             expected_sha256=hashlib.sha256(big).hexdigest(),
         )
+    assert leftovers(tiny) == []
+
+
+def test_full_disk_discards_a_resumable_partial_too(
+    server: ReleaseServer, client: httpx.Client, mount_tmpfs: Callable[[str], Path]
+) -> None:
+    tiny = mount_tmpfs("size=64k")
+    big = DATA * 16
+    server.publish("/bin/agent", Route(body=big))
+    with pytest.raises(HostError, match="No space left on device"):
+        fetch(client, server.url("/bin/agent"), tiny, expected_size=len(big),
+              expected_sha256=hashlib.sha256(big).hexdigest(), resume=True)
     assert leftovers(tiny) == []
 
 

@@ -24,6 +24,7 @@ from hostile import (
     assert_untouched,
     files_in_bin,
     manifest_for,
+    partials_in_bin,
     quick_args,
     sleeper,
     start,
@@ -174,7 +175,7 @@ def test_sigterm_mid_transfer_stops_promptly_and_cleanly(launcher: Callable[...,
         pid = start(lch, quick_args(srv.url("/version.json"), sleeper(tmp_path, "0.1.0"),
                                     **{"--download-deadline": "60"}), "0.1.0")
         bin_dir = lch.state_dir / "bin"
-        wait_until(lambda: any(p.name.startswith(".agent.download-")
+        wait_until(lambda: any(p.name.startswith(".agent.partial-")
                                and p.stat().st_size > 0 for p in bin_dir.iterdir()),
                    15, "a download in flight")
         assert lch.proc is not None
@@ -188,6 +189,9 @@ def test_sigterm_mid_transfer_stops_promptly_and_cleanly(launcher: Callable[...,
         assert not alive, f"left running: {alive}"
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
         assert files_in_bin(lch) == ["agent"]
+        # What arrived stays, with its record, for the next start to resume.
+        (kept, record) = partials_in_bin(lch)
+        assert record == kept + ".json"
         assert lch.state()["current"]["version"] == "0.1.0"
 
 

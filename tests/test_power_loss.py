@@ -23,7 +23,8 @@ def check_invariants(lch: Launcher, builds: dict[str, str]) -> dict[str, object]
     """``builds`` maps sha256 → version of every build that was published."""
     st = lch.state()
     bin_dir = lch.state_dir / "bin"
-    names = sorted(p.name for p in bin_dir.iterdir())
+    # A download cut by the kill leaves its partial for the next check (launcher.partial).
+    names = sorted(p.name for p in bin_dir.iterdir() if not p.name.startswith(".agent.partial-"))
     assert set(names) <= {"agent", "agent.old"}, f"leftover files in bin/: {names}"
     agent_sha = sha(bin_dir / "agent")
     assert agent_sha in builds, "bin/agent is not a build we published"

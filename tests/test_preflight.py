@@ -34,9 +34,10 @@ def test_wrong_version(tmp_path: Path) -> None:
     assert refusal(agent) == f"preflight: {agent} --version printed '0.1.1', expected '0.1.2'"
 
 
-def test_version_must_be_the_only_output(tmp_path: Path) -> None:
-    agent = fake_agent(tmp_path, "echo agent 0.1.2")
-    assert "printed 'agent 0.1.2'" in refusal(agent)
+def test_version_must_be_a_word_of_the_first_line(tmp_path: Path) -> None:
+    assert "printed 'agent 0.1.20'" in refusal(fake_agent(tmp_path, "echo agent 0.1.20"))
+    assert "printed 'agent\\n0.1.2'" in refusal(fake_agent(tmp_path, "printf 'agent\\n0.1.2'"))
+    assert "printed 'agent-0.1.2'" in refusal(fake_agent(tmp_path, "echo agent-0.1.2"))
 
 
 def test_not_executable(tmp_path: Path) -> None:

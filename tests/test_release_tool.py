@@ -116,12 +116,14 @@ def test_failed_binary_write_leaves_the_old_manifest(
     assert [p for p in tmp_path.rglob("*") if p.name.startswith(".")] == []
 
 
-@pytest.mark.parametrize("version", ["0.1.2", "1.0rc1", "2.0.post1", "1!1.0.dev3", "10.20.30"])
+@pytest.mark.parametrize("version", ["0.1.2", "1.0rc1", "2.0.post1", "1!1.0.dev3", "10.20.30",
+                                     "3.46.3+bea5943", "2.8.2+ds1", "1.0+ubuntu.1"])
 def test_accepts_canonical_versions(version: str) -> None:
     assert release_tool.check_version(version) == version
 
 
-@pytest.mark.parametrize("version", ["v1.0", "1.0-rc1", "01.0", "1.0+local", "", "../x", "1.0 "])
+@pytest.mark.parametrize("version", ["v1.0", "1.0-rc1", "01.0", "1.0+Local", "1.0+", "1.0+a..b",
+                                     "1.0+a/b", "1.0+a_b", "", "../x", "1.0 "])
 def test_rejects_other_versions(version: str) -> None:
     with pytest.raises(release_tool.ReleaseError, match="PEP 440"):
         release_tool.check_version(version)

@@ -1,0 +1,238 @@
+"""Delta updates: the patch is used only from its base, checked, and every failure falls back
+to the full download (real loopback server, the worker's own staging, a real launcher)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import release_tool
+import zstandard
+from conftest import Launcher, UpdateServer, fast_args
+from hostile import sleeper
+from release_deltas import make_patch
+from release_server import ReleaseServer, Route
+
+from launcher import delta, worker
+from launcher.errors import ChecksumError, DownloadError
+from launcher.manifest import parse_manifest
+from launcher.settings import Settings
+
+PAD = 64 << 10
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def builds(tmp_path: Path) -> tuple[Path, Path]:
+    """Two script agents that share most of their bytes, as consecutive builds do."""
+    return sleeper(tmp_path / "old", "0.1.0", PAD), sleeper(tmp_path / "new", "0.2.0", PAD)
+
+
+@pytest.fixture(autouse=True)
+def _dirs(tmp_path: Path) -> None:
+    for name in ("old", "new", "state/bin"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+
+
+def test_apply_rebuilds_the_new_build(builds: tuple[Path, Path], tmp_path: Path) -> None:
+    old, new = builds
+    patch = tmp_path / "p.zst"
+    patch.write_bytes(make_patch(old, new))
+    assert patch.stat().st_size < new.stat().st_size // 20
+    out = delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(new.read_bytes()),
+                            expected_size=new.stat().st_size)
+    assert out.read_bytes() == new.read_bytes() and out.stat().st_mode & 0o111
+
+
+def test_apply_refuses_what_does_not_rebuild_the_signed_build(builds: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    old, new = builds
+    data = new.read_bytes()
+    patch = tmp_path / "p.zst"
+    good = make_patch(old, new)
+    other = tmp_path / "other"
+    other.write_bytes(bytes(len(old.read_bytes())))
+    cases: list[tuple[bytes, Path, int, type[Exception], str]] = [
+        (b"not a zstd frame at all", old, len(data), DownloadError, "not a zstd frame"),
+        (good[: len(good) // 2], old, len(data), DownloadError,
+         "not a zstd frame|cannot be applied|rebuilds"),
+        (good, old, len(data) + 1, DownloadError, "patch rebuilds"),
+        (good, other, len(data), ChecksumError, "has sha256"),  # another base
+        (zstandard.ZstdCompressor(level=1).compress(data), old, len(data) - 1, DownloadError,
+         "patch rebuilds"),
+    ]
+    for body, base, size, error, message in cases:
+        patch.write_bytes(body)
+        with pytest.raises(error, match=message):
+            delta.apply_patch(base, patch, tmp_path, expected_sha256=sha(data),
+                              expected_size=size)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".agent")) == []
+
+
+def test_apply_refuses_a_window_beyond_its_memory_bound(builds: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    """A frame header that asks for a 1 GiB window is refused before anything is decoded."""
+    old, new = builds
+    data = new.read_bytes()
+    header = (b"\x28\xb5\x2f\xfd"  # zstd magic
+              + bytes([0xC0])  # 8-byte content size, not single-segment: a window follows
+              + bytes([20 << 3])  # window 2^(10+20)
+              + len(data).to_bytes(8, "little"))
+    patch = tmp_path / "p.zst"
+    patch.write_bytes(header + b"\0" * 64)
+    with pytest.raises(DownloadError, match="asks for a 1073741824 byte window"):
+        delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
+                          expected_size=len(data))
+
+
+class Release:
+    """A manifest with one delta, served by a real loopback server."""
+
+    def __init__(self, srv: ReleaseServer, old: Path, new: Path, *,
+                 patch: bytes | None = None, signed_patch: bytes | None = None) -> None:
+        self.srv = srv
+        self.new = new.read_bytes()
+        self.patch = make_patch(old, new) if patch is None else patch
+        entry: dict[str, Any] = {"url": srv.url("/bin/agent"), "sha256": sha(self.new),
+                                 "size": len(self.new)}
+        listed = self.patch if signed_patch is None else signed_patch
+        entry["deltas"] = [{"from_sha256": sha(old.read_bytes()), "url": srv.url("/bin/patch"),
+                            "sha256": sha(listed), "size": len(listed),
+                            "format": delta.FORMAT}]
+        self.manifest = {"version": "0.2.0", "binaries": {"linux-amd64": entry}}
+        srv.publish("/version.json", Route(body=json.dumps(self.manifest).encode()))
+        srv.publish("/bin/agent", Route(body=self.new))
+        srv.publish("/bin/patch", Route(body=self.patch))
+
+    def paths(self) -> list[str]:
+        return [r.path for r in self.srv.requests]
+
+
+def stage(srv: ReleaseServer, state_dir: Path, installed: Path | None,
+          **settings: Any) -> worker.Result:
+    if installed is not None:
+        (state_dir / "bin" / "agent").write_bytes(installed.read_bytes())
+    s = Settings(manifest_url=srv.url("/version.json"), platform="linux-amd64",
+                 state_dir=state_dir, allow_http=True, allow_unsigned=True,
+                 **settings).for_worker()
+    current = {"version": "0.1.0", "sha256": "0" * 64} if installed else None
+    return worker.run_check({"settings": s, "current": current, "bad": [], "host_id": "h",
+                             "stage": True})
+
+
+def staged_bytes(result: worker.Result, state_dir: Path) -> bytes:
+    assert result.outcome == "staged", result
+    assert result.file is not None
+    return (state_dir / "bin" / result.file).read_bytes()
+
+
+def test_the_worker_rebuilds_from_the_patch(builds: tuple[Path, Path], tmp_path: Path) -> None:
+    old, new = builds
+    with ReleaseServer() as srv:
+        release = Release(srv, old, new)
+        result = stage(srv, tmp_path / "state", old)
+    assert staged_bytes(result, tmp_path / "state") == release.new
+    assert release.paths() == ["/version.json", "/bin/patch"]  # never the full build
+
+
+@pytest.mark.parametrize("case", ["corrupt", "wrong_sha", "no_base", "other_base", "bigger"])
+def test_every_failure_falls_back_to_the_full_download(
+        case: str, builds: tuple[Path, Path], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    old, new = builds
+    installed: Path | None = old
+    options: dict[str, Any] = {}
+    if case == "corrupt":  # signed as it is, but it does not rebuild the build
+        options["patch"] = make_patch(new, new)
+    elif case == "wrong_sha":  # the bytes served are not the ones signed
+        options["signed_patch"] = make_patch(new, new)
+    elif case == "no_base":
+        installed = None
+    elif case == "other_base":
+        installed = new
+    elif case == "bigger":
+        options["patch"] = new.read_bytes() + b"x"
+    caplog.set_level(logging.INFO)
+    with ReleaseServer() as srv:
+        release = Release(srv, old, new, **options)
+        result = stage(srv, tmp_path / "state", installed)
+    assert staged_bytes(result, tmp_path / "state") == release.new
+    used_patch = case in ("corrupt", "wrong_sha")
+    assert release.paths() == ["/version.json", *(["/bin/patch"] if used_patch else []),
+                               "/bin/agent"]
+    if used_patch:
+        assert "downloading the full build" in caplog.text
+    leftovers = {p.name for p in (tmp_path / "state" / "bin").iterdir()}
+    assert leftovers == ({"agent", result.file} if installed else {result.file})
+
+
+def test_the_release_tool_publishes_deltas_and_a_launcher_uses_them(
+        server: UpdateServer, launcher: Callable[..., Launcher],
+        build: Callable[[str], Path], tmp_path: Path) -> None:
+    server.publish("0.1.0", build("0.1.0"))
+    lch = launcher()
+    lch.start(*fast_args(server, lch))
+    lch.wait_healthy("0.1.0")
+    lch.wait_state(lambda s: s.get("phase") == "committed")
+    manifest = release_tool.publish("0.2.0", server.dir, server.base_url,
+                                    binary=build("0.2.0"), delta_from=["0.1.0"])
+    entry = manifest["binaries"]["linux-amd64"]
+    (listed,) = entry["deltas"]
+    assert listed["from_sha256"] == hashlib.sha256(build("0.1.0").read_bytes()).hexdigest()
+    assert listed["size"] < entry["size"] // 10
+    assert listed["url"].endswith("/bin/0.2.0/agent-linux-amd64.from-0.1.0.zst")
+    parse_manifest((server.dir / "version.json").read_bytes())  # the launcher's own model
+    lch.wait_healthy("0.2.0")
+    lch.wait_log(r"rebuilt 0\.2\.0 from a \d+ byte patch")
+    assert lch.stop() == 0
+
+
+def test_the_release_tool_refuses_a_base_it_cannot_find(tmp_path: Path,
+                                                        build: Callable[[str], Path]) -> None:
+    code = release_tool.main(["0.2.0", "--binary", str(build("0.2.0")), "--release-dir",
+                              str(tmp_path / "r"), "--delta-from", "0.1.9"])
+    assert code == 2
+    assert not (tmp_path / "r" / "version.json").exists()
+
+
+def test_a_build_of_several_segments_rebuilds(builds: tuple[Path, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big builds are patched one segment per frame (the memory bound); small segments here
+    so the build spans five of them."""
+    import release_deltas
+
+    monkeypatch.setattr(release_deltas, "SEGMENT", 16 << 10)
+    monkeypatch.setattr(delta, "SEGMENT", 16 << 10)
+    old, new = builds
+    patch = tmp_path / "p.zst"
+    patch.write_bytes(make_patch(old, new))
+    data = new.read_bytes()
+    out = delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
+                            expected_size=len(data))
+    assert out.read_bytes() == data
+    monkeypatch.setattr(delta, "SEGMENT", 32 << 10)  # a launcher expecting other segments
+    with pytest.raises(DownloadError, match="first frame"):
+        delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
+                          expected_size=len(data))
+
+
+def test_a_slow_patch_leaves_the_full_download_its_share_of_the_deadline(
+        builds: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old, new = builds
+    caplog.set_level(logging.INFO)
+    with ReleaseServer() as srv:
+        release = Release(srv, old, new)
+        srv.publish("/bin/patch", Route(body=release.patch, behaviour="trickle",
+                                        chunk_bytes=1, interval_s=0.05))
+        result = stage(srv, tmp_path / "state", old, download_deadline_s=2.0)
+    assert staged_bytes(result, tmp_path / "state") == release.new
+    assert "exceeded its deadline of 1s" in caplog.text
+    assert release.paths() == ["/version.json", "/bin/patch", "/bin/agent"]
