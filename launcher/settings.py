@@ -20,10 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from launcher.errors import ConfigError
+from launcher.redact import redact
 
 ENV_PREFIX = "NGINX_MANAGER_"
 PLATFORMS = ("linux-amd64", "linux-arm64")
 MODES = ("auto", "standalone", "container")
+LOG_FORMATS = ("text", "json")
 GITHUB_API_URL = "https://api.github.com"
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 SERIAL_LIMIT = 1 << 63  # a manifest serial is a signed 64-bit integer, >= 0
@@ -56,6 +58,11 @@ class Settings:
     min_speed_bps: float = 8192.0
     metadata_deadline_s: float = 60.0
     agent_args: tuple[str, ...] = ()
+    proxy: str | None = None  # http://HOST:PORT, or "env" (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)
+    proxy_credentials: Path | None = None
+    disk_margin_bytes: int = 64 << 20
+    metrics_file: Path | None = None
+    log_format: str = "text"
 
     @property
     def bin_dir(self) -> Path:
@@ -152,7 +159,27 @@ def _channel(text: str) -> str:
     return text
 
 
-OPTIONS = (
+def _proxy(text: str) -> str:
+    """``env`` or ``http://HOST:PORT``; credentials belong in --proxy-credentials."""
+    if text == "env":
+        return text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{redact(text)!r} is not a valid proxy URL: {exc}") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{redact(text)!r}: use http://HOST:PORT (https origins are "
+                         "tunnelled through it with CONNECT) or 'env'")
+    if "@" in parts.netloc:
+        raise ValueError(f"{redact(text)!r} carries credentials: put user:password in a "
+                         "file and pass --proxy-credentials FILE")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or port is None:
+        raise ValueError(f"{redact(text)!r}: give http://HOST:PORT, nothing else")
+    return text
+
+
+OPTIONS: tuple[Option, ...] = (
     Option("manifest_url", "manifest_url", str,
            "URL of version.json (https://, http:// with --allow-http, or file://)"),
     Option("github_repo", "github_repo", str,
@@ -201,6 +228,23 @@ OPTIONS = (
            "overall seconds allowed for one binary download (default 600)"),
     Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
            "largest binary accepted, in bytes (default 1 GiB)"),
+)
+OPTIONS += (
+    Option("proxy", "proxy", _proxy,
+           "http://HOST:PORT proxy for every update request (https through CONNECT), or "
+           "'env' to honour HTTPS_PROXY, HTTP_PROXY and NO_PROXY; default: no proxy, the "
+           "environment ignored"),
+    Option("proxy_credentials", "proxy_credentials", Path,
+           "file with one line user:password for the proxy (owned by the launcher's user "
+           "or root, mode 0600 or stricter)"),
+    Option("disk_margin", "disk_margin_bytes", _int_bytes,
+           "bytes that must stay free in the state dir beside the new build before a "
+           "download starts (default 64 MiB)"),
+    Option("metrics_file", "metrics_file", Path,
+           "write Prometheus metrics (text format) to this file after every event, "
+           "atomically (node_exporter's textfile collector)"),
+    Option("log_format", "log_format", _choice(LOG_FORMATS),
+           "text (default) or json: one JSON object per line for the launcher's own lines"),
 )
 BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 
@@ -308,6 +352,15 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"--ca-file {s.ca_file} does not exist")
     if s.seed_binary is not None and not s.seed_binary.is_file():
         raise ConfigError(f"--seed-binary {s.seed_binary} does not exist")
+    if s.proxy_credentials is not None:
+        from launcher.permissions import check_secret_file
+
+        if s.proxy is None:
+            raise ConfigError("--proxy-credentials is set without --proxy")
+        check_secret_file(s.proxy_credentials, "--proxy-credentials")
+    if s.metrics_file is not None and not s.metrics_file.parent.is_dir():
+        raise ConfigError(f"--metrics-file {s.metrics_file}: directory "
+                          f"{s.metrics_file.parent} does not exist")
     if s.public_keys:
         from launcher.signature import load_public_key  # standard library only
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from launcher import faults
+from launcher import faults, logformat, proxy
 from launcher import trust as trusted
 from launcher.errors import InsecureError, LauncherError, SignatureError
 from launcher.redact import RedactFilter, redact
@@ -88,6 +89,7 @@ def run_check(
         if own_client:
             client = make_client(
                 ca_file=s.get("ca_file"), allow_http=bool(s.get("allow_http")),
+                proxy=proxy.from_settings(s, os.environ),
             )
         assert client is not None
         result = _check(request, s, client, now)
@@ -182,10 +184,13 @@ def _source(s: dict[str, Any], client: httpx.Client) -> HttpSource | LocalSource
 def _stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
            binary: Binary) -> str:
     """Download (or copy) ``binary`` beside ``bin/agent``, verified; the temp file's name."""
-    from launcher import download, preflight
+    from launcher import diskspace, download, preflight
 
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
+    max_bytes = int(s["max_binary_bytes"])
+    diskspace.require_room(bin_dir, diskspace.build_size(binary.size, bin_dir, max_bytes),
+                           int(s.get("disk_margin_bytes") or 0), version)
     # Plain http is refused by the client itself, on this URL and every redirect hop.
     if urlsplit(binary.url).scheme == "file":
         if not isinstance(source, LocalSource):
@@ -250,18 +255,17 @@ def _utcnow() -> Any:
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s launcher[worker] %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactFilter())
     try:
         request = json.loads(sys.stdin.read())
     except ValueError as exc:
         print(json.dumps({"outcome": "error", "error": f"bad worker request: {exc}"}))
         return 1
+    s = request.get("settings") if isinstance(request, dict) else None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logformat.formatter(
+        "json" if isinstance(s, dict) and s.get("log_format") == "json" else "text", "worker"))
+    handler.addFilter(RedactFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         result = run_check(request)
     except Exception as exc:  # a bug, not a server's doing: still a result line, redacted
