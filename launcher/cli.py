@@ -17,11 +17,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from launcher import control, permissions, settings, status
+from launcher import control, logformat, permissions, settings, status
 from launcher.checks import check_request
 from launcher.errors import ConfigError, HostError, LauncherError, LockedError
 from launcher.journal import Journal, State, utc_iso
 from launcher.lock import StateLock, holder_pid
+from launcher.metrics import CountingJournal
 from launcher.redact import RedactFilter
 
 log = logging.getLogger("launcher")
@@ -31,14 +32,9 @@ EXIT_REFUSED = 3  # rollback: there is no other build to roll back to; nothing w
 DEFAULT_STATE_DIR = status.DEFAULT_STATE_DIR
 
 
-class UTCFormatter(logging.Formatter):
-    converter = staticmethod(time.gmtime)
-
-
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(UTCFormatter("%(asctime)sZ launcher %(levelname)s %(message)s",
-                                      datefmt="%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(logformat.formatter(log_format, "launcher"))
     handler.addFilter(RedactFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -116,6 +112,8 @@ def load_settings(args: argparse.Namespace) -> settings.Settings:
     loaded = settings.load(flags, config_file=args.config,
                            agent_args=tuple(getattr(args, "agent_args", ()) or ()))
     settings.require_signatures(loaded)  # run, check and every config reload
+    if loaded.log_format != "text":
+        setup_logging(getattr(args, "verbose", False), loaded.log_format)
     return loaded
 
 
@@ -154,7 +152,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _offline(state_dir: Path) -> tuple[StateLock, Journal, State]:
     lock = StateLock(state_dir)
     lock.acquire()
-    journal = Journal(state_dir)
+    journal = CountingJournal(state_dir)  # an operator's rollback counts in the metrics
     state = journal.load()
     if state is None:
         _release(lock)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from launcher import ops
 from launcher.errors import ConfigError
 from launcher.resident import Resident
 from launcher.settings import Settings
@@ -21,7 +22,7 @@ from launcher.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
-FIXED = ("state_dir", "mode")  # taken only at start
+FIXED = ("state_dir", "mode", "log_format")  # taken only at start
 
 
 def watch_paths(settings: Settings, config_file: Path | None) -> list[str]:
@@ -78,6 +79,8 @@ class LiveConfig:
         log.info("config reloaded: %s changed", ", ".join(changed))
         source_changed = new.manifest_url != res.s.manifest_url
         res.s = new
+        res.save(dataclasses.replace(res.state, extra={**res.state.extra,
+                                                       "ops": ops.record(new, res.env)}))
         if source_changed:
             checks.epoch += 1
             res.save(dataclasses.replace(res.state, etag=None, last_modified=None))

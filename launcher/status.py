@@ -35,7 +35,7 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
                 "last_check_at": None, "last_error": None, "next_check_at": None,
                 "launcher_pid": pid, "agent": None, "host_id": None, "trial": None,
                 "cohort": None, "cohort_version": None, "signatures": None, "serial": None,
-                "expires": None, "stale_since": None}
+                "expires": None, "stale_since": None, **_ops(None)}
     child = state.child
     return {
         "state_dir": str(state_dir),
@@ -58,7 +58,16 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
         "host_id": state.host_id,
         **_cohort(state),
         **_trust(state),
+        **_ops(state),
     }
+
+
+def _ops(state: State | None) -> dict[str, Any]:
+    """The proxy (redacted), metrics file and log format the launcher journaled at start."""
+    raw = state.extra.get("ops") if state is not None else None
+    ops = raw if isinstance(raw, dict) else {}
+    return {k: ops.get(k) if isinstance(ops.get(k), str) else None
+            for k in ("proxy", "metrics_file", "log_format")}
 
 
 def _trust(state: State, now: float | None = None) -> dict[str, Any]:
@@ -147,6 +156,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                  + (f" (STALE since {d['stale_since']})" if d["stale_since"] else ""))
     if d["host_id"]:
         lines.append(f"host id:     {d['host_id']}")
+    lines.append(f"proxy:       {d['proxy'] or 'none (direct)'}")
+    if d["metrics_file"]:
+        lines.append(f"metrics:     {d['metrics_file']}")
+    if d["log_format"]:
+        lines.append(f"log format:  {d['log_format']}")
     if d.get("cohort") is not None:
         lines.append(f"cohort:      {d['cohort']:.3f} for {d['cohort_version']} (a rollout "
                      f"includes this host above {d['cohort']:.3f}%)")

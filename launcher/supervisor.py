@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launcher import checks, container, control, faults, install, permissions, policy
+from launcher import checks, container, control, faults, install, metrics, ops, permissions, policy
 from launcher import reload as live_config
 from launcher import seed as seeding
 from launcher.child import agent_environ
@@ -123,7 +123,8 @@ class Supervisor:
         stored = res.journal.load()
         state = install.recover(stored or new_state(), s.bin_dir, res.shas)
         res.save(dataclasses.replace(state, launcher_pid=res.pid, extra={
-            **state.extra, "signatures": s.signatures}))  # status tells what is enforced
+            **state.extra, "signatures": s.signatures,  # status tells what is enforced
+            "ops": ops.record(s, res.env)}))
         stop_survivor(res.state.child, s.stop_grace_s, str(s.agent_path))
         if res.state.current is not None and res.state.current.version == "unknown":
             res.save(seeding.learn_version(res.state, s.agent_path, res.run))
@@ -260,6 +261,9 @@ class Supervisor:
                                        conditional=True)
         if token := self.res.env.get("GITHUB_TOKEN"):
             request["settings"] = {**request["settings"], "github_token": token}
+        if self.s.proxy == "env":  # the worker's environment carries no proxy variables
+            request["settings"] = {**request["settings"],
+                                   "proxy_env": ops.proxy_environment(self.res.env)}
         return request
 
     def _on_scheduled(self, delay: float) -> None:
@@ -268,8 +272,9 @@ class Supervisor:
     def _on_result(self, r: checks.Result) -> None:
         if r.get("outcome") == "fault":  # power-loss tests, as PID 1: faults.worker_fault
             self.res.fault(str(r.get("point")))
-        self.res.save(checks.record_check(checks.record(self.state, r, self.res.wall()), r,
-                                   self.res.now_iso()))
+        self.res.save(metrics.count_check(checks.record_check(
+            checks.record(self.state, r, self.res.wall()), r, self.res.now_iso()), r,
+            self.res.wall()))
         if r.get("outcome") == "error":
             failures = self.state.consecutive_failures
             log.warning("check failed (%d in a row); the agent keeps running", failures)
