@@ -219,16 +219,21 @@ def render(state: State, s: Settings, now: float) -> str:
 
 
 def write(path: Path, text: str) -> None:
-    """``text`` at ``path`` by a rename from a temporary file in the same directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """``text`` at ``path`` by a rename from a temporary file in the same directory. The
+    temporary name is random and created exclusively: a link planted in a shared directory
+    is never followed."""
+    name = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    # 0644: the collector usually runs as another user; nothing in the file is secret.
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
     try:
-        with open(tmp, "w") as f:
+        with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # the collector usually runs as another user
-        os.replace(tmp, path)
+            os.fchmod(f.fileno(), 0o644)  # whatever the umask
+        os.replace(name, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(name)
         raise
 
 

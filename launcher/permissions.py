@@ -115,6 +115,8 @@ def check_secret_file(path: Path, what: str) -> None:
         st = os.lstat(path)
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot read it: {exc.strerror}") from exc
+    except ValueError as exc:  # an embedded NUL
+        raise ConfigError(f"{what} {path!r}: not a usable path: {exc}") from exc
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{what} {path} is not a regular file (symlinks are refused)")
     me = os.geteuid()
