@@ -253,3 +253,58 @@ def test_https_checks_stay_on_with_a_proxy(tinyproxy: Tinyproxy, plain: ReleaseS
             pytest.raises(InsecureError):
         client.get(plain.url("/x"))
     assert "GET http" not in tinyproxy.log()
+
+
+TOKEN = "ghp_proxy-test-token-0123456789"  # noqa: S105 (a fake token for the fake GitHub)
+
+
+def test_github_api_mode_through_the_proxy_keeps_the_token_inside_tls(
+        tinyproxy: Tinyproxy, ca: Any, ca_file: Path, tmp_path: Path,
+        launcher: Callable[..., Launcher], build: Callable[[str], Path]) -> None:
+    """GitHub API mode through the proxy: the update installs, the API host gets the token,
+    and the proxy only ever saw CONNECTs to the three origins."""
+    from fake_github import FakeGitHub
+
+    with FakeGitHub(ca) as gh:
+        data = build("0.1.1").read_bytes()
+        gh.add_release("v0.1.1", {"agent-linux-amd64": data, "agent-linux-arm64": data})
+        lch = launcher()
+        lch.start(*https_args(lch, "--github-repo", gh.repo, "--github-api-url", gh.api_url,
+                              ca_file=ca_file),
+                  "--seed-binary", str(build("0.1.0")), "--proxy", tinyproxy.url,
+                  "--proxy-credentials", str(credentials(tmp_path)),
+                  env={"GITHUB_TOKEN": TOKEN})
+        lch.wait_healthy("0.1.1", timeout=30)
+        assert lch.stop() == 0
+        assert gh.api_requests()
+        assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}"
+                   for r in gh.api_requests())
+        log = tinyproxy.log()
+        for server in (gh.api, gh.objects):
+            assert f"CONNECT 127.0.0.1:{server.port}" in log
+        assert f"CONNECT localhost:{gh.web.port}" in log
+        assert "GET " not in log and TOKEN not in log
+
+
+def test_no_secret_for_a_plain_http_origin_crosses_the_proxy(
+        tinyproxy: Tinyproxy, plain: ReleaseServer, tmp_path: Path) -> None:
+    """--allow-http through the proxy: the GitHub token is not sent to a plain http API (the
+    proxy forwards the request without it), and a manifest URL with ``user:password@`` is
+    refused before a byte goes out, the proxy and the server hearing nothing of it."""
+    common = ("--allow-http", "--allow-unsigned", "--state-dir", str(tmp_path / "s"),
+              "--platform", "linux-amd64", "--proxy", tinyproxy.url,
+              "--proxy-credentials", str(credentials(tmp_path)))
+    r = run_cli("check", "--github-repo", "acme/agent", "--github-api-url", plain.url(""),
+                *common, env={"GITHUB_TOKEN": TOKEN})
+    assert r.returncode == 1 and "HTTP 404" in r.stdout  # the fake answers 404 to all
+    assert [s.path for s in plain.requests] == ["/repos/acme/agent/releases/latest"]
+    assert "Authorization" not in plain.requests[0].headers
+    assert "GET http://127.0.0.1" in tinyproxy.log() and TOKEN not in tinyproxy.log()
+
+    secret_url = plain.url("/version.json").replace("http://", "http://u:url-secret-pw@")
+    r = run_cli("check", "--manifest-url", secret_url, *common)
+    assert r.returncode == 1
+    assert "check failed: https: refusing to send credentials for http://***@" in r.stdout
+    assert "url-secret-pw" not in r.stdout + r.stderr
+    assert len(plain.requests) == 1
+    assert tinyproxy.log().count("GET http://") == 1
