@@ -249,11 +249,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, LockedError) as exc:
-        print(f"nginx-manager-launcher: {exc}", file=sys.stderr)
+        _fatal(str(exc))
         return EXIT_CONFIG
     except LauncherError as exc:
-        print(f"nginx-manager-launcher: {exc.describe()}", file=sys.stderr)
+        _fatal(exc.describe())
         return 1
+
+
+def _fatal(words: str) -> None:
+    """The last words of a failed command: a line of text, or a JSON log line once
+    ``--log-format json`` is in force."""
+    handler = logging.getLogger().handlers[0] if logging.getLogger().handlers else None
+    if handler is not None and isinstance(handler.formatter, logformat.JsonFormatter):
+        log.error("nginx-manager-launcher: %s", words)
+    else:
+        print(f"nginx-manager-launcher: {words}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "restarting agent %s in %.1fs (crash %d in a row)": ("agent.restart",
                                                          ("version", "delay_s", "crashes")),
     "started %s (pid %d): %s": ("process.started", ("name", "pid", "argv")),
+    "nginx-manager-launcher: %s": ("launcher.fatal", ("reason",)),
 }
 LEVELS = {"WARNING": "warning", "WARN": "warning"}
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import Launcher, UpdateServer, fast_args
+from conftest import Launcher, UpdateServer, fast_args, run_cli
 
 from launcher import logformat
 from launcher.redact import RedactFilter
@@ -90,3 +90,18 @@ def test_json_fields_redaction_and_tracebacks() -> None:
 def test_text_is_the_default() -> None:
     text = logformat.formatter("text", "launcher").format(record("installed %s", "1.0"))
     assert re.fullmatch(r"\S+Z launcher WARNING installed 1\.0", text)
+
+
+def test_a_refused_start_says_why_in_json(tmp_path: Path) -> None:
+    """A start refused after the settings are read (a state dir others can write) ends on
+    one JSON line too, exit 2."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    r = run_cli("run", "--state-dir", str(state), "--allow-unsigned", "--manifest-url",
+                "https://127.0.0.1:1/version.json", "--log-format", "json")
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["event"] == "launcher.fatal" and "chmod go-w" in out["reason"]

@@ -5,6 +5,7 @@ example alerting rules, checked and unit-tested by ``promtool`` too."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -114,6 +115,10 @@ def test_values_follow_a_real_launcher(tmp_path: Path,
         assert (value(prom, "last_successful_check_timestamp_seconds") or 0) > 1.7e9
         assert_valid(prom.read_text())
         assert lch.stop() == 0
+        status = json.loads(run_cli("status", "--json", "--state-dir",
+                                    str(lch.state_dir)).stdout)
+        assert (status["metrics_file"], status["log_format"], status["proxy"]) == (
+            str(prom), "text", None)
 
         assert run_cli("rollback", "--state-dir", str(lch.state_dir)).returncode == 0
         srv.publish("/bin/0.3.0", Route(body=crashing.read_bytes()))
