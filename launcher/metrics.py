@@ -268,6 +268,11 @@ class MeteredJournal(TolerantJournal):
 
     def load(self) -> State | None:
         self.last = super().load()
+        s = self.settings()
+        if s.metrics_file is not None:  # what a kill inside a write left
+            for left in s.metrics_file.parent.glob(f".{s.metrics_file.name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    left.unlink()
         return self.last
 
     def save_strict(self, state: State) -> State:

@@ -126,3 +126,6 @@ def check_secret_file(path: Path, what: str) -> None:
     if st.st_mode & 0o077:
         raise ConfigError(f"{what} {path} can be read or written by others (mode "
                           f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{what} {path} is not readable by the launcher's user (uid {me}): "
+                          f"chown it to uid {me}")
