@@ -105,3 +105,19 @@ def test_a_refused_start_says_why_in_json(tmp_path: Path) -> None:
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert out["event"] == "launcher.fatal" and "chmod go-w" in out["reason"]
+
+
+def test_the_new_options_come_from_the_environment_too(tmp_path: Path) -> None:
+    """Each new option is also ``NGINX_MANAGER_<KEY>``, like the others."""
+    from launcher import settings
+
+    cred = tmp_path / "cred"
+    cred.write_text("u:password\n")
+    cred.chmod(0o600)
+    s = settings.load({"platform": "linux-amd64"}, environ={
+        "NGINX_MANAGER_LOG_FORMAT": "json", "NGINX_MANAGER_METRICS_FILE": str(tmp_path / "m"),
+        "NGINX_MANAGER_DISK_MARGIN": "4096", "NGINX_MANAGER_PROXY": "http://127.0.0.1:3128",
+        "NGINX_MANAGER_PROXY_CREDENTIALS": str(cred)})
+    assert (s.log_format, s.metrics_file, s.disk_margin_bytes, s.proxy,
+            s.proxy_credentials) == ("json", tmp_path / "m", 4096, "http://127.0.0.1:3128",
+                                     cred)
