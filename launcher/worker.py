@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from launcher import faults, logformat, proxy
+from launcher import faults, logformat
 from launcher import trust as trusted
 from launcher.errors import InsecureError, LauncherError, SignatureError
 from launcher.redact import RedactFilter, redact
@@ -45,6 +45,7 @@ from launcher.sources.local import LocalSource
 
 if TYPE_CHECKING:
     from launcher.manifest import Binary
+    from launcher.proxy import Routes
     from launcher.sources.base import Source
     from launcher.sources.github import GitHubSource
 
@@ -89,7 +90,7 @@ def run_check(
         if own_client:
             client = make_client(
                 ca_file=s.get("ca_file"), allow_http=bool(s.get("allow_http")),
-                proxy=proxy.from_settings(s, os.environ),
+                proxy=_proxy_routes(s),
             )
         assert client is not None
         result = _check(request, s, client, now)
@@ -104,6 +105,15 @@ def run_check(
             client.close()
     result.signatures = signatures
     return result
+
+
+def _proxy_routes(s: dict[str, Any]) -> Routes | None:
+    """The proxy of ``--proxy``; without one, ``launcher.proxy`` is not even imported."""
+    if not s.get("proxy"):
+        return None
+    from launcher import proxy
+
+    return proxy.from_settings(s, os.environ)
 
 
 def _check(

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import certifi
 import httpx
@@ -28,7 +29,6 @@ from launcher.errors import (
     SourceError,
     TransportError,
 )
-from launcher.proxy import Routes
 from launcher.sources.base import FetchResult, Validators
 from launcher.sources.pace import SPEED_WINDOW_S, Pace
 
@@ -43,6 +43,9 @@ __all__ = [
     "status_error",
     "transport_error",
 ]
+
+if TYPE_CHECKING:
+    from launcher.proxy import Routes
 
 logger = logging.getLogger(__name__)
 
