@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet")
+BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet", "metrics")
 
 
 def ensure_tools() -> None:
