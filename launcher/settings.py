@@ -329,7 +329,27 @@ def load(
     if not settings.platform:
         settings = dataclasses.replace(settings, platform=machine_platform())
     validate(settings)
+    if settings.proxy == "env":
+        _validate_proxy_environment(env)
     return settings
+
+
+def _validate_proxy_environment(env: Mapping[str, str]) -> None:
+    """``--proxy env``: the variables it will honour must name http:// proxies."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY"):
+        value = env.get(name.lower(), env.get(name, "")).strip()
+        if not value:
+            continue
+        url = value if "://" in value else f"http://{value}"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (a bad port raises here)
+        except ValueError as exc:
+            raise ConfigError(f"--proxy env: {name} {redact(url)!r} is not a valid URL: "
+                              f"{exc}") from exc
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigError(f"--proxy env: {name} {redact(url)!r}: only http:// proxies "
+                              "are supported (https origins go through CONNECT)")
 
 
 def github_latest_url(api_url: str, repo: str) -> str:

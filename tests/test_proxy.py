@@ -308,3 +308,17 @@ def test_no_secret_for_a_plain_http_origin_crosses_the_proxy(
     assert "url-secret-pw" not in r.stdout + r.stderr
     assert len(plain.requests) == 1
     assert tinyproxy.log().count("GET http://") == 1
+
+
+@pytest.mark.parametrize("value", ["socks5://127.0.0.1:1080", "https://proxy:3128",
+                                   "http://u:pw-in-env@proxy:notaport"])
+def test_proxy_env_with_an_unusable_variable_is_refused_at_start(value: str,
+                                                                 tmp_path: Path) -> None:
+    """--proxy env and an HTTPS_PROXY the launcher cannot use: exit 2 naming the variable,
+    its password masked."""
+    r = run_cli("check", "--manifest-url", "https://127.0.0.1:1/version.json",
+                "--allow-unsigned", "--state-dir", str(tmp_path), "--proxy", "env",
+                env={"HTTPS_PROXY": value})
+    assert r.returncode == 2, r.stderr
+    assert "--proxy env: HTTPS_PROXY" in r.stderr
+    assert "pw-in-env" not in r.stderr
