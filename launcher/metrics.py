@@ -201,7 +201,7 @@ def render(state: State, s: Settings, now: float) -> str:
     t.one("hold", "gauge", "1 while updates are held on this host.", int(hold is not None))
     pin = _pin(state)
     t.one("pinned", "gauge", "1 while updates are pinned to a version.", int(pin is not None))
-    t.family("pin_info", "gauge", "The version updates are pinned to.",
+    t.family("pin", "gauge", "The version updates are pinned to (1; absent when unpinned).",
              [({"version": pin}, 1)] if pin else [])
     channel = getattr(state, "channel", None) or state.extra.get("channel") or s.channel
     t.family("channel_info", "gauge", "The release channel followed.",

@@ -64,7 +64,7 @@ def test_the_file_passes_promtool_in_every_phase() -> None:
     text = metrics.render(trial, s, 1.7e9)
     assert_valid(text)
     assert 'nginx_manager_trial_progress_ratio 0.5' in text
-    assert 'nginx_manager_hold 1' in text and 'nginx_manager_pin_info{version="1.4"} 1' in text
+    assert 'nginx_manager_hold 1' in text and 'nginx_manager_pin{version="1.4"} 1' in text
     assert 'nginx_manager_check_errors_total{kind="other"} 1' in text
     assert 'nginx_manager_check_errors_total{kind="host"} 1' in text
     committed = metrics.counted(trial, dataclasses.replace(trial, phase="committed",
