@@ -60,7 +60,7 @@ class Settings:
     agent_args: tuple[str, ...] = ()
     proxy: str | None = None  # http://HOST:PORT, or "env" (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)
     proxy_credentials: Path | None = None
-    disk_margin_bytes: int = 64 << 20
+    disk_margin_bytes: int = 16 << 20
     metrics_file: Path | None = None
     log_format: str = "text"
 
@@ -239,7 +239,7 @@ OPTIONS += (
            "or root, mode 0600 or stricter)"),
     Option("disk_margin", "disk_margin_bytes", _int_bytes,
            "bytes that must stay free in the state dir beside the new build before a "
-           "download starts (default 64 MiB)"),
+           "download starts (default 16 MiB)"),
     Option("metrics_file", "metrics_file", Path,
            "write Prometheus metrics (text format) to this file after every event, "
            "atomically (node_exporter's textfile collector)"),
