@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet", "delta",
-           "fleet_delta", "resume")
+           "fleet_delta", "resume", "metrics")
 
 
 def ensure_tools() -> None:

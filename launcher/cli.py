@@ -18,11 +18,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from launcher import control, control_cli, permissions, settings, status
+from launcher import control, control_cli, logformat, permissions, settings, status
 from launcher.checks import check_request
 from launcher.errors import ConfigError, HostError, LauncherError, LockedError
 from launcher.journal import Journal, State, utc_iso
 from launcher.lock import StateLock, holder_pid
+from launcher.metrics import CountingJournal
 from launcher.redact import RedactFilter
 
 log = logging.getLogger("launcher")
@@ -32,14 +33,9 @@ EXIT_REFUSED = 3  # rollback: there is no other build to roll back to; nothing w
 DEFAULT_STATE_DIR = status.DEFAULT_STATE_DIR
 
 
-class UTCFormatter(logging.Formatter):
-    converter = staticmethod(time.gmtime)
-
-
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(UTCFormatter("%(asctime)sZ launcher %(levelname)s %(message)s",
-                                      datefmt="%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(logformat.formatter(log_format, "launcher"))
     handler.addFilter(RedactFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -118,6 +114,8 @@ def load_settings(args: argparse.Namespace) -> settings.Settings:
     loaded = settings.load(flags, config_file=args.config,
                            agent_args=tuple(getattr(args, "agent_args", ()) or ()))
     settings.require_signatures(loaded)  # run, check and every config reload
+    if loaded.log_format != "text":
+        setup_logging(getattr(args, "verbose", False), loaded.log_format)
     return loaded
 
 
@@ -156,7 +154,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _offline(state_dir: Path) -> tuple[StateLock, Journal, State]:
     lock = StateLock(state_dir)
     lock.acquire()
-    journal = Journal(state_dir)
+    journal = CountingJournal(state_dir)  # an operator's rollback counts in the metrics
     state = journal.load()
     if state is None:
         _release(lock)
@@ -256,11 +254,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, LockedError) as exc:
-        print(f"nginx-manager-launcher: {exc}", file=sys.stderr)
+        _fatal(str(exc))
         return EXIT_CONFIG
     except LauncherError as exc:
-        print(f"nginx-manager-launcher: {exc.describe()}", file=sys.stderr)
+        _fatal(exc.describe())
         return 1
+
+
+def _fatal(words: str) -> None:
+    """The last words of a failed command: a line of text, or a JSON log line once
+    ``--log-format json`` is in force."""
+    handler = logging.getLogger().handlers[0] if logging.getLogger().handlers else None
+    if handler is not None and isinstance(handler.formatter, logformat.JsonFormatter):
+        log.error("nginx-manager-launcher: %s", words)
+    else:
+        print(f"nginx-manager-launcher: {words}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,26 @@ def give_back(state_dir: Path, paths: list[Path]) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             os.chown(p, owner.st_uid, owner.st_gid, follow_symlinks=False)
+
+
+def check_secret_file(path: Path, what: str) -> None:
+    """Refuse a credentials file another user could read or replace: it must be a regular
+    file (not a symlink), owned by us or root, with no group or other permissions."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it: {exc.strerror}") from exc
+    except ValueError as exc:  # an embedded NUL
+        raise ConfigError(f"{what} {path!r}: not a usable path: {exc}") from exc
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a regular file (symlinks are refused)")
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise ConfigError(f"{what} {path} belongs to uid {st.st_uid}, not to the launcher's "
+                          f"user (uid {me}) or root: chown it")
+    if st.st_mode & 0o077:
+        raise ConfigError(f"{what} {path} can be read or written by others (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{what} {path} is not readable by the launcher's user (uid {me}): "
+                          f"chown it to uid {me}")

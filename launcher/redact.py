@@ -22,8 +22,22 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s/?#@]*@)?"
                   r"(?:\[[0-9A-Fa-f:.%a-z]+\])?[^\s'\"<>(){}\[\]]*")
 
 
+_SECRETS: set[str] = set()
+
+
+def add_secret(secret: str) -> None:
+    """A secret this process holds that is not in a URL (a proxy password read from a
+    file): masked wherever it appears from now on. Short strings are not worth masking:
+    they would mangle ordinary words."""
+    if len(secret) >= 4:
+        _SECRETS.add(secret)
+
+
 def redact(text: str) -> str:
-    """``text`` with the userinfo and every query value of each URL in it masked."""
+    """``text`` with the userinfo and every query value of each URL in it masked, and every
+    secret registered with :func:`add_secret`."""
+    for secret in _SECRETS:
+        text = text.replace(secret, MASK)
     if "://" not in text:
         return text
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
@@ -61,6 +75,7 @@ class RedactFilter(logging.Filter):
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
+            record.template = record.msg  # the event it stands for (launcher.logformat)
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
             # A traceback quotes exception messages (an httpx error names its URL): format it

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from launcher import controls
+from launcher import controls, ops
 from launcher.errors import ConfigError
 from launcher.resident import Resident
 from launcher.settings import Settings
@@ -22,7 +22,7 @@ from launcher.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
-FIXED = ("state_dir", "mode")  # taken only at start
+FIXED = ("state_dir", "mode", "log_format")  # taken only at start
 
 
 def watch_paths(settings: Settings, config_file: Path | None) -> list[str]:
@@ -84,8 +84,8 @@ class LiveConfig:
         source_changed = new.manifest_url != res.s.manifest_url or new.channel != res.s.channel
         res.s = new
         journaled = controls.journal_settings(res.state, new, res.now_iso())
-        if journaled is not res.state:
-            res.save(journaled)
+        res.save(dataclasses.replace(journaled, extra={**journaled.extra,
+                                                       "ops": ops.record(new, res.env)}))
         if source_changed:
             checks.epoch += 1
             res.save(dataclasses.replace(res.state, etag=None, last_modified=None))

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from launcher import faults, isolated
 from launcher.child import agent_environ, run_capture
-from launcher.journal import State, TolerantJournal, new_state, utc_iso
+from launcher.journal import State, new_state, utc_iso
 from launcher.loop import Loop
+from launcher.metrics import MeteredJournal
 from launcher.reaper import Reaper
 from launcher.sdnotify import Notifier
 from launcher.settings import Settings
@@ -35,7 +36,7 @@ class Resident:
         self.wall = wall
         self.fault_hook = fault
         self.container = settings.container(env)
-        self.journal = TolerantJournal(settings.state_dir)
+        self.journal = MeteredJournal(settings.state_dir, lambda: self.s, wall)
         self.reaper = Reaper()
         self.loop = Loop(self.reaper)
         self.notify = Notifier(env)

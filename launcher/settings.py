@@ -20,10 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from launcher.errors import ConfigError
+from launcher.redact import redact
 
 ENV_PREFIX = "NGINX_MANAGER_"
 PLATFORMS = ("linux-amd64", "linux-arm64")
 MODES = ("auto", "standalone", "container")
+LOG_FORMATS = ("text", "json")
 GITHUB_API_URL = "https://api.github.com"
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 SERIAL_LIMIT = 1 << 63  # a manifest serial is a signed 64-bit integer, >= 0
@@ -61,6 +63,11 @@ class Settings:
     pin: str | None = None
     windows: tuple[str, ...] = ()  # launcher.window specs
     agent_args: tuple[str, ...] = ()
+    proxy: str | None = None  # http://HOST:PORT, or "env" (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)
+    proxy_credentials: Path | None = None
+    disk_margin_bytes: int = 16 << 20
+    metrics_file: Path | None = None
+    log_format: str = "text"
 
     @property
     def bin_dir(self) -> Path:
@@ -177,7 +184,27 @@ def _pin(text: str) -> str:
     return text
 
 
-OPTIONS = (
+def _proxy(text: str) -> str:
+    """``env`` or ``http://HOST:PORT``; credentials belong in --proxy-credentials."""
+    if text == "env":
+        return text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{redact(text)!r} is not a valid proxy URL: {exc}") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{redact(text)!r}: use http://HOST:PORT (https origins are "
+                         "tunnelled through it with CONNECT) or 'env'")
+    if "@" in parts.netloc:
+        raise ValueError(f"{redact(text)!r} carries credentials: put user:password in a "
+                         "file and pass --proxy-credentials FILE")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or port is None:
+        raise ValueError(f"{redact(text)!r}: give http://HOST:PORT, nothing else")
+    return text
+
+
+OPTIONS: tuple[Option, ...] = (
     Option("manifest_url", "manifest_url", str,
            "URL of version.json (https://, http:// with --allow-http, or file://), "
            "oci://HOST[:PORT]/REPOSITORY:TAG of a release in a registry, or file:///DIR of "
@@ -243,6 +270,23 @@ OPTIONS = (
            "maintenance window 'DAYS HH:MM-HH:MM ZONE' (e.g. 'Mon-Fri 02:00-04:00 "
            "Europe/Berlin'); swaps happen only inside one; repeatable (TOML: a list; "
            "environment: specs separated by ';')", many=True, separator=";"),
+)
+OPTIONS += (
+    Option("proxy", "proxy", _proxy,
+           "http://HOST:PORT proxy for every update request (https through CONNECT), or "
+           "'env' to honour HTTPS_PROXY, HTTP_PROXY and NO_PROXY; default: no proxy, the "
+           "environment ignored"),
+    Option("proxy_credentials", "proxy_credentials", Path,
+           "file with one line user:password for the proxy (owned by the launcher's user "
+           "or root, mode 0600 or stricter)"),
+    Option("disk_margin", "disk_margin_bytes", _int_bytes,
+           "bytes that must stay free in the state dir beside the new build before a "
+           "download starts (default 16 MiB)"),
+    Option("metrics_file", "metrics_file", Path,
+           "write Prometheus metrics (text format) to this file after every event, "
+           "atomically (node_exporter's textfile collector)"),
+    Option("log_format", "log_format", _choice(LOG_FORMATS),
+           "text (default) or json: one JSON object per line for the launcher's own lines"),
 )
 BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 
@@ -327,7 +371,27 @@ def load(
     if not settings.platform:
         settings = dataclasses.replace(settings, platform=machine_platform())
     validate(settings)
+    if settings.proxy == "env":
+        _validate_proxy_environment(env)
     return settings
+
+
+def _validate_proxy_environment(env: Mapping[str, str]) -> None:
+    """``--proxy env``: the variables it will honour must name http:// proxies."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY"):
+        value = env.get(name.lower(), env.get(name, "")).strip()
+        if not value:
+            continue
+        url = value if "://" in value else f"http://{value}"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (a bad port raises here)
+        except ValueError as exc:
+            raise ConfigError(f"--proxy env: {name} {redact(url)!r} is not a valid URL: "
+                              f"{exc}") from exc
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigError(f"--proxy env: {name} {redact(url)!r}: only http:// proxies "
+                              "are supported (https origins go through CONNECT)")
 
 
 def github_latest_url(api_url: str, repo: str) -> str:
@@ -352,6 +416,15 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"--ca-file {s.ca_file} does not exist")
     if s.seed_binary is not None and not s.seed_binary.is_file():
         raise ConfigError(f"--seed-binary {s.seed_binary} does not exist")
+    if s.proxy_credentials is not None:
+        from launcher.permissions import check_secret_file
+
+        if s.proxy is None:
+            raise ConfigError("--proxy-credentials is set without --proxy")
+        check_secret_file(s.proxy_credentials, "--proxy-credentials")
+    if s.metrics_file is not None and not s.metrics_file.parent.is_dir():
+        raise ConfigError(f"--metrics-file {s.metrics_file}: directory "
+                          f"{s.metrics_file.parent} does not exist")
     if s.public_keys:
         from launcher.signature import load_public_key  # standard library only
 

@@ -37,7 +37,7 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
                 "launcher_pid": pid, "agent": None, "host_id": None, "trial": None,
                 "cohort": None, "cohort_version": None, "signatures": None, "serial": None,
                 "expires": None, "stale_since": None, "transfer": read_transfer(state_dir),
-                **controls.status_fields(None, 0.0)}
+                **controls.status_fields(None, 0.0), **_ops(None)}
     child = state.child
     return {
         "state_dir": str(state_dir),
@@ -62,7 +62,16 @@ def status_dict(state: State | None, state_dir: Path) -> dict[str, Any]:
         **_trust(state),
         **controls.status_fields(state, time.time()),  # hold, pin, channel, window, ...
         "transfer": read_transfer(state_dir),
+        **_ops(state),
     }
+
+
+def _ops(state: State | None) -> dict[str, Any]:
+    """The proxy (redacted), metrics file and log format the launcher journaled at start."""
+    raw = state.extra.get("ops") if state is not None else None
+    ops = raw if isinstance(raw, dict) else {}
+    return {k: ops.get(k) if isinstance(ops.get(k), str) else None
+            for k in ("proxy", "metrics_file", "log_format")}
 
 
 def _trust(state: State, now: float | None = None) -> dict[str, Any]:
@@ -177,6 +186,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines += _control_lines(d)
     if d["host_id"]:
         lines.append(f"host id:     {d['host_id']}")
+    lines.append(f"proxy:       {d['proxy'] or 'none (direct)'}")
+    if d["metrics_file"]:
+        lines.append(f"metrics:     {d['metrics_file']}")
+    if d["log_format"]:
+        lines.append(f"log format:  {d['log_format']}")
     if d.get("cohort") is not None:
         lines.append(f"cohort:      {d['cohort']:.3f} for {d['cohort_version']} (a rollout "
                      f"includes this host above {d['cohort']:.3f}%)")

@@ -21,7 +21,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launcher import checks, container, control, controls, faults, install, permissions, policy
+from launcher import (
+    checks,
+    container,
+    control,
+    controls,
+    faults,
+    install,
+    metrics,
+    ops,
+    permissions,
+    policy,
+)
 from launcher import reload as live_config
 from launcher import seed as seeding
 from launcher.child import agent_environ
@@ -124,9 +135,10 @@ class Supervisor:
         res.journal.clean_temp_files()
         stored = res.journal.load()
         state = install.recover(stored or new_state(), s.bin_dir, res.shas)
-        # Status tells what is enforced: signatures, and the controls the settings set.
+        # Status tells what is enforced: signatures, the controls the settings set, the
+        # proxy, metrics file and log format.
         state = dataclasses.replace(state, launcher_pid=res.pid, extra={
-            **state.extra, "signatures": s.signatures})
+            **state.extra, "signatures": s.signatures, "ops": ops.record(s, res.env)})
         res.save(controls.journal_settings(state, s, res.now_iso()))
         stop_survivor(res.state.child, s.stop_grace_s, str(s.agent_path))
         if res.state.current is not None and res.state.current.version == "unknown":
@@ -265,6 +277,9 @@ class Supervisor:
                                        conditional=True)
         if token := self.res.env.get("GITHUB_TOKEN"):
             request["settings"] = {**request["settings"], "github_token": token}
+        if self.s.proxy == "env":  # the worker's environment carries no proxy variables
+            request["settings"] = {**request["settings"],
+                                   "proxy_env": ops.proxy_environment(self.res.env)}
         return self.gate.request(request)
 
     def _on_scheduled(self, delay: float) -> None:
@@ -273,8 +288,9 @@ class Supervisor:
     def _on_result(self, r: checks.Result) -> None:
         if r.get("outcome") == "fault":  # power-loss tests, as PID 1: faults.worker_fault
             self.res.fault(str(r.get("point")))
-        self.res.save(checks.record_check(checks.record(self.state, r, self.res.wall()), r,
-                                   self.res.now_iso()))
+        self.res.save(metrics.count_check(checks.record_check(
+            checks.record(self.state, r, self.res.wall()), r, self.res.now_iso()), r,
+            self.res.wall()))
         if self.gate.on_result(r):
             return
         if r.get("outcome") == "error":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from launcher import faults, layout
+from launcher import faults, layout, logformat
 from launcher import trust as trusted
 from launcher.errors import ConfigError, InsecureError, LauncherError, ManifestError, SignatureError
 from launcher.redact import RedactFilter, redact
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import httpx
 
     from launcher.manifest import Binary
+    from launcher.proxy import Routes
     from launcher.sources.base import FetchResult, Source
 
 # A no-change check, the common case, pays for the interpreter and ``revalidate``'s
@@ -88,6 +90,7 @@ def run_check(
 
                 client = make_client(
                     ca_file=s.get("ca_file"), allow_http=bool(s.get("allow_http")),
+                    proxy=_proxy_routes(s),
                 )
             assert client is not None
             result = _check(request, s, client, now)
@@ -102,6 +105,15 @@ def run_check(
             client.close()
     result.signatures = signatures
     return result
+
+
+def _proxy_routes(s: dict[str, Any]) -> Routes | None:
+    """The proxy of ``--proxy``; without one, ``launcher.proxy`` is not even imported."""
+    if not s.get("proxy"):
+        return None
+    from launcher import proxy
+
+    return proxy.from_settings(s, os.environ)
 
 
 def _check(
@@ -259,11 +271,14 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
           binary: Binary) -> str:
     """Download (or copy, or rebuild from a patch) ``binary`` beside ``bin/agent``, verified;
     the temp file's name."""
-    from launcher import preflight
+    from launcher import diskspace, preflight
     from launcher.sources.base import CarriesBinaries
 
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
+    max_bytes = int(s["max_binary_bytes"])
+    diskspace.require_room(bin_dir, diskspace.build_size(binary.size, bin_dir, max_bytes),
+                           int(s.get("disk_margin_bytes") or 0), version)
     if isinstance(source, CarriesBinaries):  # an OCI registry or bundle: blobs, by digest
         staged = source.stage_binary(binary, s["platform"], bin_dir, s)
     elif urlsplit(binary.url).scheme == "oci":
@@ -387,18 +402,17 @@ def _utcnow() -> Any:
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s launcher[worker] %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactFilter())
     try:
         request = json.loads(sys.stdin.read())
     except ValueError as exc:
         print(json.dumps({"outcome": "error", "error": f"bad worker request: {exc}"}))
         return 1
+    s = request.get("settings") if isinstance(request, dict) else None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logformat.formatter(
+        "json" if isinstance(s, dict) and s.get("log_format") == "json" else "text", "worker"))
+    handler.addFilter(RedactFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         result = run_check(request)
     except Exception as exc:  # a bug, not a server's doing: still a result line, redacted

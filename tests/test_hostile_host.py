@@ -46,8 +46,9 @@ def test_disk_full_during_download(small_fs: Path, launcher: Callable[..., Launc
         srv.publish("/version.json", Route(body=manifest_for("0.2.0", srv.url("/bin/big"),
                                                              big, size=False)))
         lch = launcher(small_fs)
-        pid = start(lch, quick_args(srv.url("/version.json"), sleeper(tmp_path, "0.1.0")),
-                    "0.1.0")
+        # No margin: the build's size is unknown, so the download itself must hit the wall.
+        pid = start(lch, quick_args(srv.url("/version.json"), sleeper(tmp_path, "0.1.0"),
+                                    **{"--disk-margin": "1"}), "0.1.0")
         st = assert_untouched(lch, pid, "0.1.0", "No space left on device")
         assert st["last_error"].startswith("host:")
         assert files_in_bin(lch) == ["agent"]

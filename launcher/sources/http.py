@@ -1,9 +1,10 @@
 """The manifest over HTTP(S), and the one httpx client every update request goes through.
 
-:func:`make_client` builds the client: no environment (``trust_env=False``), at most five
-redirects, and, unless plain http is allowed, an https check on every request *before* it is
-sent — the configured URL and each redirect hop alike. :func:`transport_error` is the one
-place httpx exceptions become :class:`TransportError`; the download module uses it too.
+:func:`make_client` builds the client: no environment (``trust_env=False``; ``--proxy env``
+is read explicitly, see ``launcher.proxy``), at most five redirects, and, unless plain
+http is allowed, an https check on every request *before* it is sent — the configured URL
+and each redirect hop alike. :func:`transport_error` is the one place httpx exceptions
+become :class:`TransportError`; the download module uses it too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import certifi
 import httpx
@@ -42,6 +44,9 @@ __all__ = [
     "transport_error",
 ]
 
+if TYPE_CHECKING:
+    from launcher.proxy import Routes
+
 logger = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 64 * 1024
@@ -65,12 +70,13 @@ def make_client(
     ca_file: str | None = None,
     allow_http: bool = False,
     transport: httpx.BaseTransport | None = None,
+    proxy: Routes | None = None,
 ) -> httpx.Client:
     """The client for every update request (manifest, signature, binaries).
 
     ``timeout_s`` bounds each connect, read and write, not a whole transfer (the download
-    module adds a deadline). ``ca_file`` adds a CA bundle to certifi's. ``transport`` is for
-    tests.
+    module adds a deadline). ``ca_file`` adds a CA bundle to certifi's. ``proxy`` routes
+    requests through a proxy (``launcher.proxy``); ``transport`` is for tests.
     """
     verify: ssl.SSLContext | bool = True
     if ca_file is not None:
@@ -79,6 +85,8 @@ def make_client(
     if not allow_http:
         hooks["request"].append(_require_https)
         hooks["response"].append(_refuse_http_redirect)
+    if proxy is not None and transport is None:
+        transport = proxy.transport(verify)
     return httpx.Client(
         timeout=httpx.Timeout(timeout_s),
         verify=verify,
@@ -121,6 +129,9 @@ def transport_error(url: str, exc: httpx.HTTPError | httpx.InvalidURL) -> Transp
     """Translate an httpx exception into a TransportError that names the URL and cause."""
     if isinstance(exc, httpx.TooManyRedirects):
         return TransportError(f"too many redirects from {url} (at most {MAX_REDIRECTS})")
+    if isinstance(exc, httpx.ProxyError):
+        return TransportError(f"the proxy did not let the request to {url} through: "
+                              f"{str(exc) or type(exc).__name__}")
     if isinstance(exc, httpx.ConnectTimeout):
         return TransportError(f"cannot connect to {url}: timed out")
     if isinstance(exc, httpx.ConnectError):
