@@ -11,6 +11,11 @@ exits 0 and leaves processes behind has put itself in the background; that is sa
 plain words. The running agent's pid and start time are journaled (``ChildInfo``), so a
 launcher that was killed alone finds the agent that outlived it and stops it before it
 starts a new one.
+
+A deliberate overlap (``start(overlap=True)``, the ``overlap`` hand-over) keeps the
+running agent as ``outgoing`` while the new one starts: the pair is the only time two
+agents run. The outgoing one is stopped once the new one is ready (``finish_handover``),
+or taken back if the new one never gets there (``take_back``); either way the pair ends.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 STABLE_RUN_S = 60.0  # a child up this long resets the crash backoff
 LEFTOVER_GRACE_S = 2.0
 RESTART = "agent.restart"
+HANDOVER = "agent.handover"
 
 
 class AgentKeeper:
@@ -58,6 +64,8 @@ class AgentKeeper:
         self.on_restart_due = on_restart_due
         self.tracked = tracked  # pids other owners track (workers, the watcher)
         self.child: Child | None = None
+        self.outgoing: Child | None = None  # the old agent, serving until the new is ready
+        self.ready = False  # the current child sent READY=1
         self.crashes = 0
         # Children we had before starting anything (a sidecar started by the entrypoint
         # before it exec'd the launcher): inherited, not orphans the agent left.
@@ -78,22 +86,44 @@ class AgentKeeper:
         return self.loop.timers.pending(RESTART)
 
     def pids(self) -> set[int]:
-        return {self.child.pid} if self.child is not None else set()
+        return {c.pid for c in (self.child, self.outgoing) if c is not None}
 
     def age_s(self) -> float:
         return self.clock() - self.child.started if self.child is not None else 0.0
 
-    def start(self, label: str) -> Child:
-        """Start the agent (stopping one that still runs); raises OSError when it cannot."""
+    def start(self, label: str, *, overlap: bool = False,
+              deadline_s: float | None = None) -> Child:
+        """Start the agent; raises OSError when it cannot. One that still runs is stopped
+        first, or, with ``overlap``, kept serving as ``outgoing`` until the new one is
+        ready (and stopped after ``deadline_s`` anyway, when given). An overlap already
+        under way keeps its outgoing agent: only the unready new one is replaced."""
         self.loop.timers.cancel(RESTART)
+        if overlap and self.outgoing is None and self.child is not None and self.child.running:
+            self.outgoing, self.child = self.child, None
+            log.info("agent (pid %d) keeps serving until the new one is ready",
+                     self.outgoing.pid)
         if self.child is not None:
-            self.stop()
-        self.child = self.spawn(label, list(self.argv()), self.env, self.loop.reaper)
+            self._stop_child()
+        if self.outgoing is None or deadline_s is None:
+            self.loop.timers.cancel(HANDOVER)
+        else:
+            self.loop.timers.set(HANDOVER, deadline_s, self._handover_overdue)
+        self.ready = False
+        try:
+            self.child = self.spawn(label, list(self.argv()), self.env, self.loop.reaper)
+        except OSError:
+            self.finish_handover()  # nothing new runs: the old one must not linger either
+            raise
         return self.child
 
     def stop(self) -> int | None:
-        """Stop the agent if it runs; its raw wait status, None when none ran."""
+        """Stop the agent (and an outgoing one) if it runs; its raw wait status, None when
+        none ran."""
         self.loop.timers.cancel(RESTART)
+        self.finish_handover()
+        return self._stop_child()
+
+    def _stop_child(self) -> int | None:
         if self.child is None:
             return None
         child, self.child = self.child, None
@@ -101,8 +131,58 @@ class AgentKeeper:
         self.end_leftovers()
         return status
 
+    def child_ready(self) -> None:
+        """The current child sent READY=1: an overlap ends with the old one stopped."""
+        self.ready = True
+        self.finish_handover()
+
+    def finish_handover(self) -> None:
+        """Stop the outgoing agent, if there is one."""
+        self.loop.timers.cancel(HANDOVER)
+        if self.outgoing is None:
+            return
+        old, self.outgoing = self.outgoing, None
+        log.info("handing over: stopping the previous agent (pid %d)", old.pid)
+        old.stop(self.stop_grace_s())
+        self.end_leftovers()
+
+    def take_back(self) -> bool:
+        """The new agent of an overlap failed: stop it and make the outgoing one, which
+        never stopped, the current agent again. False when there is none to take back."""
+        self.loop.timers.cancel(HANDOVER)
+        if self.outgoing is None or not self.outgoing.running:
+            return False
+        self._stop_child()  # while the outgoing one is still tracked: not a leftover
+        old, self.outgoing = self.outgoing, None
+        self.child = old
+        self.ready = True
+        log.info("agent (pid %d) never stopped and serves on", old.pid)
+        return True
+
+    def _handover_overdue(self) -> None:
+        if self.outgoing is not None:
+            log.warning("the new agent sent no READY=1 in time; stopping the previous one "
+                        "(pid %d) anyway", self.outgoing.pid)
+            self.finish_handover()
+
+    def which(self, pid: int) -> str | None:
+        """``current`` or ``outgoing``: whose process group a notify sender is in."""
+        from launcher.notifyd import belongs_to
+
+        for name, c in (("current", self.child), ("outgoing", self.outgoing)):
+            if c is not None and belongs_to(pid, c.pid):
+                return name
+        return None
+
     def poll(self) -> None:
-        """Called each turn: notices the agent's exit, cleans up, tells the supervisor."""
+        """Called each turn: notices the agent's exit, cleans up, tells the supervisor. An
+        outgoing agent that exits on its own is only cleaned up: it was on its way out."""
+        if self.outgoing is not None and self.outgoing.poll() is not None:
+            old, self.outgoing = self.outgoing, None
+            self.loop.timers.cancel(HANDOVER)
+            log.warning("the previous agent (pid %d) %s during the hand-over", old.pid,
+                        decode_status(old.status or 0)[1])
+            self.end_leftovers(old.pid)
         if self.child is None or (status := self.child.poll()) is None:
             return
         child, self.child = self.child, None

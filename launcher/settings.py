@@ -56,6 +56,10 @@ class Settings:
     min_speed_bps: float = 8192.0
     metadata_deadline_s: float = 60.0
     agent_args: tuple[str, ...] = ()
+    listen: tuple[str, ...] = ()
+    ready: str = "health"
+    handover: str = "stop-first"
+    agent_watchdog_s: float = 10.0
 
     @property
     def bin_dir(self) -> Path:
@@ -91,6 +95,7 @@ class Option:
     help: str
     flag: bool = True  # False: file and environment only
     many: bool = False  # repeatable flag, TOML list, environment items split on ':'
+    sep: str = ":"  # the environment's item separator for ``many`` (" ": any white space)
 
 
 def _positive(text: str) -> float:
@@ -144,6 +149,16 @@ def _serial(text: str) -> int:
 
 
 _CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+READY_MODES = ("health", "notify")
+HANDOVERS = ("stop-first", "overlap")
+
+
+def _listen(text: str) -> str:
+    from launcher.sockets import parse_listen  # standard library only
+
+    return parse_listen(text).text
 
 
 def _channel(text: str) -> str:
@@ -201,14 +216,29 @@ OPTIONS = (
            "overall seconds allowed for one binary download (default 600)"),
     Option("max_binary_bytes", "max_binary_bytes", _int_bytes,
            "largest binary accepted, in bytes (default 1 GiB)"),
+    Option("listen", "listen", _listen,
+           "HOST:PORT, [V6]:PORT or unix:PATH the launcher binds once and hands to every "
+           "agent generation (LISTEN_FDS, fd 3 onwards); repeatable (TOML: a list; "
+           "environment: separated by spaces)", many=True, sep=" "),
+    Option("ready", "ready", _choice(READY_MODES),
+           "health (default: the health URL and staying up judge a new build) or notify "
+           "(the window starts at the agent's sd_notify READY=1; no READY, or stopped "
+           "WATCHDOG=1 pings, fail it)"),
+    Option("handover", "handover", _choice(HANDOVERS),
+           "stop-first (default: stop the old agent, then start the new) or overlap (start "
+           "the new while the old serves; stop the old once the new is READY; needs "
+           "--ready notify)"),
+    Option("agent_watchdog", "agent_watchdog_s", _non_negative,
+           "with --ready notify, the agent's WATCHDOG_USEC in seconds: a trial agent silent "
+           "that long after a WATCHDOG=1 fails; 0 turns it off (default 10)"),
 )
 BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 
 
-def _items(raw: Any) -> list[str]:
-    """A ``many`` option's values: a list (flags, TOML) or ``:``-separated (environment)."""
+def _items(raw: Any, sep: str = ":") -> list[str]:
+    """A ``many`` option's values: a list (flags, TOML) or ``sep``-separated (environment)."""
     if isinstance(raw, str):
-        return [item for item in raw.split(":") if item]
+        return [item for item in (raw.split() if sep == " " else raw.split(sep)) if item]
     if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
         return list(raw)
     raise ValueError(f"{raw!r} is not a list of strings")
@@ -266,7 +296,7 @@ def load(
             continue
         try:
             if opt.many:
-                values[opt.field] = tuple(opt.parse(item) for item in _items(raw))
+                values[opt.field] = tuple(opt.parse(item) for item in _items(raw, opt.sep))
             else:
                 if isinstance(raw, bool) and opt.key not in BOOL_FLAGS:
                     raise ValueError(f"{raw!r} is not a valid value here")
@@ -294,6 +324,10 @@ def github_latest_url(api_url: str, repo: str) -> str:
 
 
 def validate(s: Settings) -> None:
+    if s.handover == "overlap" and s.ready != "notify":
+        raise ConfigError("--handover overlap needs --ready notify: during an overlap the "
+                          "old and the new agent answer on the same socket, so only the new "
+                          "agent's own READY=1 tells that it is ready")
     if s.github_repo is not None:
         _validate_github(s)
     elif s.manifest_url:

@@ -26,6 +26,7 @@ from launcher import reload as live_config
 from launcher import seed as seeding
 from launcher.child import agent_environ
 from launcher.errors import ConfigError
+from launcher.handoff import Handoff
 from launcher.journal import Build, State, new_state
 from launcher.keeper import AgentKeeper, stop_survivor
 from launcher.lock import StateLock
@@ -61,6 +62,7 @@ class Supervisor:
         self.lock = StateLock(settings.state_dir)
         self.exit_code: int | None = None
         self.control: control.ControlServer | None = None
+        self.handoff = Handoff()
         self.keeper = res.keeper = AgentKeeper(
             res.loop, lambda: [str(res.s.agent_path), *res.s.agent_args], agent_environ(env),
             lambda: res.s.stop_grace_s, on_exit=self._on_agent_exit,
@@ -75,6 +77,7 @@ class Supervisor:
                                lambda p: self.config.changed(p))  # noqa: PLW0108 (made below)
         self.config = live_config.LiveConfig(res, self.watcher,
                                              self.config_file if reload else None, reload)
+        self.keeper.spawn = self.handoff.spawn
         self.updates = Updates(res, self._start_agent, self._exit)
         self.loop = res.loop
         self.loop.on_signal = self._on_signal
@@ -102,6 +105,7 @@ class Supervisor:
                               f"{exc.strerror}") from exc
         permissions.check_state_dir(self.s.state_dir, self.s.bin_dir, container=self.res.container)
         permissions.not_dumpable()
+        self.handoff.adopt_systemd(self.res.env)  # before anything is spawned
         self.lock.acquire()
         try:
             self.res.reaper.install()
@@ -131,6 +135,8 @@ class Supervisor:
             self._seed()
         if res.reaper.stop_requested():
             return
+        self.keeper.env = {**self.keeper.env, **self.handoff.open(
+            s, self.loop, res.container, self.updates.on_notify)}
         try:
             self.control = control.ControlServer(s.state_dir, self.updates.command, self.loop)
         except OSError as exc:
@@ -172,6 +178,7 @@ class Supervisor:
         self.keeper.end_leftovers()
         if self.control is not None:
             self.control.close()
+        self.handoff.close()
         self.res.reaper.uninstall()
         self.res.reaper.close()
         self.loop.close()
@@ -207,13 +214,14 @@ class Supervisor:
 
     # ---- the agent ----------------------------------------------------------------
 
-    def _start_agent(self) -> None:
+    def _start_agent(self, overlap: bool = False, deadline_s: float | None = None) -> None:
         current = self.state.current
         if current is None or self.res.stopping:
             return
         self.res.save_child("starting")  # journaled first: a kill after the spawn finds it
         try:
-            self.keeper.start(f"agent {current.version}")
+            self.keeper.start(f"agent {current.version}", overlap=overlap,
+                              deadline_s=deadline_s)
         except OSError as exc:
             log.error("cannot start agent %s: %s", self.s.agent_path, exc)
             if not self.s.agent_path.exists() and self._repair_missing_agent():
