@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet")
+BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet", "handover")
 
 
 def ensure_tools() -> None:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_tools()
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     quick = {"idle": (10.0,), "update": (2,), "download": (2,), "coldstart": (3,),
-             "fleet": ((10_000,),)}
+             "fleet": ((10_000,),), "handover": (3,)}
     figures = []
     for name in args.only:
         mod = importlib.import_module(name)
