@@ -265,6 +265,20 @@ def stop_survivor(info: ChildInfo | None, grace_s: float, agent_path: str) -> bo
     return True
 
 
+def stop_strays(agent_path: str, grace_s: float) -> bool:
+    """Stop every process that still runs our agent binary: the outgoing agent of an
+    overlap whose launcher was killed is journaled nowhere, and it would hold the
+    listening sockets the new launcher is about to bind. The path is inside our state
+    directory, which only one launcher (the lock) uses. True when one was found."""
+    found = [p for p in psutil.process_iter() if p.pid != os.getpid() and _runs(p, agent_path)]
+    if not found:
+        return False
+    log.warning("agent process(es) %s outlived the previous launcher; stopping them",
+                ", ".join(str(p.pid) for p in found))
+    stop_family(found, grace_s)
+    return True
+
+
 def stop_family(procs: list[psutil.Process], grace_s: float) -> None:
     """TERM to each process, its group and its descendants; wait for *all* of them (a
     wrapper's server may drain after the wrapper is gone); KILL what is left."""

@@ -28,7 +28,7 @@ from launcher.child import agent_environ
 from launcher.errors import ConfigError
 from launcher.handoff import Handoff
 from launcher.journal import Build, State, new_state
-from launcher.keeper import AgentKeeper, stop_survivor
+from launcher.keeper import AgentKeeper, stop_strays, stop_survivor
 from launcher.lock import StateLock
 from launcher.reaper import decode_status, signal_name
 from launcher.resident import Resident
@@ -129,6 +129,7 @@ class Supervisor:
         res.save(dataclasses.replace(state, launcher_pid=res.pid, extra={
             **state.extra, "signatures": s.signatures}))  # status tells what is enforced
         stop_survivor(res.state.child, s.stop_grace_s, str(s.agent_path))
+        stop_strays(str(s.agent_path), s.stop_grace_s)
         if res.state.current is not None and res.state.current.version == "unknown":
             res.save(seeding.learn_version(res.state, s.agent_path, res.run))
         if s.seed_binary is not None and not res.reaper.stop_requested():

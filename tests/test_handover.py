@@ -144,7 +144,7 @@ def test_agent_serves_the_inherited_socket(build: Any, server: UpdateServer,
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify")
     lch.wait_log(r"agent 1\.0\.0 \(pid \d+\) is ready \(READY=1\)")
-    answer = wait_until(lambda: health(port), what="agent on the held port")
+    answer = wait_until(lambda: health(port), timeout=40, what="agent on the held port")
     assert answer["version"] == "1.0.0"
     log = lch.wait_log(r"serving on 1 inherited socket\(s\)")
     assert "is ignored" in log
@@ -162,7 +162,7 @@ def test_stop_first_update_and_rollback_under_load_refuse_nothing(
     port = free_port()
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", window="1.5")
-    wait_until(lambda: committed(lch, "1.0.0") and health(port), what="1.0.0 up")
+    wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
     with Load(port) as load:
         server.publish("1.1.0", build("1.1.0"))
         lch.wait_state(lambda st: committed(lch, "1.1.0"), timeout=30, what="1.1.0 committed")
@@ -180,7 +180,7 @@ def test_a_build_that_never_sends_ready_fails_its_trial(
     port = free_port()
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", window="2")
-    wait_until(lambda: committed(lch, "1.0.0") and health(port), what="1.0.0 up")
+    wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
     server.publish("1.1.0", notify_agent(tmp_path / "mute", "1.1.0", ready=False))
     lch.wait_state(lambda st: bad(lch, "1.1.0") is not None, timeout=30, what="1.1.0 bad")
     assert "sent no READY=1" in (bad(lch, "1.1.0") or "")
@@ -192,7 +192,7 @@ def test_a_build_that_stops_its_watchdog_pings_fails_its_trial(
     port = free_port()
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", window="4")
-    wait_until(lambda: committed(lch, "1.0.0") and health(port), what="1.0.0 up")
+    wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
     server.publish("1.1.0", notify_agent(tmp_path / "stalls", "1.1.0", pings=2))
     lch.wait_state(lambda st: bad(lch, "1.1.0") is not None, timeout=30, what="1.1.0 bad")
     assert "stopped its WATCHDOG=1 pings" in (bad(lch, "1.1.0") or "")
@@ -206,7 +206,7 @@ def test_overlap_with_a_never_ready_build_keeps_the_old_agent_serving(
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", "--handover", "overlap",
                 window="2")
-    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), what="1.0.0 up")
+    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
     with Load(port) as load:
         server.publish("1.1.0", notify_agent(tmp_path / "mute", "1.1.0", ready=False))
         lch.wait_state(lambda st: bad(lch, "1.1.0") is not None, timeout=30, what="1.1.0 bad")
@@ -226,7 +226,7 @@ def test_overlap_update_and_rollback_under_load(build: Any, server: UpdateServer
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", "--handover", "overlap",
                 window="1.5")
-    wait_until(lambda: committed(lch, "1.0.0") and health(port), what="1.0.0 up")
+    wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
     with Load(port) as load:
         server.publish("1.1.0", build("1.1.0"))
         lch.wait_state(lambda st: committed(lch, "1.1.0"), timeout=30, what="1.1.0 committed")
@@ -322,3 +322,30 @@ def test_bad_listen_addresses_are_refused(text: str) -> None:
 
     with pytest.raises(ValueError, match=text.replace("[", r"\[")):
         parse_listen(text)
+
+
+def test_a_launcher_killed_during_an_overlap_leaves_no_agent_holding_the_port(
+        build: Any, server: UpdateServer, launcher: Any, tmp_path: Path) -> None:
+    """SIGKILL to the launcher alone while two agents run: the next launcher stops both
+    (the outgoing one is journaled nowhere), binds the port again and carries on."""
+    port = free_port()
+    server.publish("1.0.0", build("1.0.0"))
+    lch = start(launcher(), server, port, "--ready", "notify", "--handover", "overlap",
+                window="2")
+    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
+    server.publish("1.1.0", notify_agent(tmp_path / "mute", "1.1.0", ready=False))
+    lch.wait_log(r"keeps serving until the new one is ready")
+    assert lch.proc is not None
+    lch.proc.kill()
+    lch.proc.wait(10)
+    assert psutil.pid_exists(first["pid"])  # the old agent outlived it, socket and all
+    again = start(launcher(lch.state_dir), server, port, "--ready", "notify",
+                  "--handover", "overlap", window="2")
+    again.wait_log(r"outlived the previous launcher")
+    wait_until(lambda: bad(again, "1.1.0") is not None, 30, "1.1.0 failed its trial")
+    answer = wait_until(lambda: (h := health(port)) and h["version"] == "1.0.0" and h, 30,
+                        "1.0.0 serving again")
+    assert answer["pid"] != first["pid"]
+    wait_until(lambda: not psutil.pid_exists(first["pid"])
+               or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE, 10,
+               "the old agent gone")
