@@ -28,11 +28,12 @@ from launcher.child import agent_environ
 from launcher.errors import ConfigError
 from launcher.handoff import Handoff
 from launcher.journal import Build, State, new_state
-from launcher.keeper import AgentKeeper, stop_strays, stop_survivor
+from launcher.keeper import AgentKeeper
 from launcher.lock import StateLock
 from launcher.reaper import decode_status, signal_name
 from launcher.resident import Resident
 from launcher.settings import Settings
+from launcher.survivors import stop_strays, stop_survivor
 from launcher.updates import Updates
 from launcher.watcher import Watcher
 

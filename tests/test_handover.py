@@ -206,7 +206,8 @@ def test_overlap_with_a_never_ready_build_keeps_the_old_agent_serving(
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", "--handover", "overlap",
                 window="2")
-    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
+    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40,
+                       what="1.0.0 up")
     with Load(port) as load:
         server.publish("1.1.0", notify_agent(tmp_path / "mute", "1.1.0", ready=False))
         lch.wait_state(lambda st: bad(lch, "1.1.0") is not None, timeout=30, what="1.1.0 bad")
@@ -332,7 +333,8 @@ def test_a_launcher_killed_during_an_overlap_leaves_no_agent_holding_the_port(
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", "--handover", "overlap",
                 window="2")
-    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40, what="1.0.0 up")
+    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), timeout=40,
+                       what="1.0.0 up")
     server.publish("1.1.0", notify_agent(tmp_path / "mute", "1.1.0", ready=False))
     lch.wait_log(r"keeps serving until the new one is ready")
     assert lch.proc is not None
