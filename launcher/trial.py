@@ -19,8 +19,8 @@ The rules, the same at every instant of the window:
 With ``ready="notify"`` (the agent speaks sd_notify to the launcher):
 
 - The window starts at the child's ``READY=1``: run time, the grace and the probes all
-  count from there. A child that sends no ``READY=1`` within the start-up grace of its
-  start fails the trial.
+  count from there. A child that sends no ``READY=1`` within ``ready_timeout_s`` (10 s,
+  whatever the window: a short window must not make a slow start fatal) fails the trial.
 - Once the child has sent one ``WATCHDOG=1``, a gap longer than ``watchdog_s`` between
   two pings (or since the last one) fails the trial. A child that never pings is judged
   without it.
@@ -54,7 +54,8 @@ class TrialJudge:
     def __init__(self, record: Trial, window_s: float, *, health_url: str | None,
                  grace_s: float = HEALTH_GRACE_S,
                  unhealthy_probes: int = UNHEALTHY_PROBES, ready: str = "health",
-                 watchdog_s: float | None = None) -> None:
+                 watchdog_s: float | None = None,
+                 ready_timeout_s: float = HEALTH_GRACE_S) -> None:
         self.record = record
         self.window_s = window_s
         self.health_url = health_url
@@ -67,6 +68,7 @@ class TrialJudge:
         self.ended: Verdict | None = None
         self.notify = ready == "notify"
         self.watchdog_s = watchdog_s
+        self.ready_timeout_s = ready_timeout_s
         self.ready_at: float | None = None  # the child's age at its READY=1
         self.pinged_at: float | None = None  # the child's age at its last WATCHDOG=1
 
@@ -97,9 +99,9 @@ class TrialJudge:
             return self.ended
         if self.notify:
             if self.ready_at is None:
-                if age_s >= self.grace_s:
+                if age_s >= self.ready_timeout_s:
                     return self._end(Verdict("fail", f"agent sent no READY=1 within "
-                                                     f"{self.grace_s:g}s of its start"))
+                                                     f"{self.ready_timeout_s:g}s of its start"))
                 return WAIT
             stalled = self._stalled(age_s)
             if stalled is not None:
