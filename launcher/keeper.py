@@ -101,6 +101,8 @@ class AgentKeeper:
             self.outgoing, self.child = self.child, None
             log.info("agent (pid %d) keeps serving until the new one is ready",
                      self.outgoing.pid)
+        if not overlap:
+            self.finish_handover()  # a plain start (a crash restart): no pair outlives it
         if self.child is not None:
             self._stop_child()
         if self.outgoing is None or deadline_s is None:

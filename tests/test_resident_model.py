@@ -25,6 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from launcher import install
 from launcher import settings as launcher_settings
+from launcher.keeper import HANDOVER
 from launcher.supervisor import Supervisor
 from launcher.trial import HEALTH_GRACE_S, UNHEALTHY_PROBES
 from launcher.updates import TICK
@@ -247,7 +248,7 @@ class ResidentModel(RuleBasedStateMachine):
             self.trial_began = self.now
         tick = sup.updates.judge.tick_interval_s()
         bound = WINDOW + min(HEALTH_GRACE_S, WINDOW) + (UNHEALTHY_PROBES + 2) * tick \
-            + (READY_AFTER_S if self.overlap else 0.0)
+            + (HEALTH_GRACE_S + READY_AFTER_S if self.overlap else 0.0)  # READY=1 deadline
         assert self.now - self.trial_began <= bound
 
     @invariant()
@@ -309,6 +310,9 @@ class OverlapModel(ResidentModel):
         if keeper.outgoing is not None:
             assert not keeper.ready
             assert keeper.outgoing.running
+            # Something ends the pair: the trial's verdict or the hand-over's deadline.
+            on_trial = self.sup.state.phase == "trial" and self.sup.updates.judge is not None
+            assert on_trial or self.sup.loop.timers.pending(HANDOVER), "a pair nothing ends"
 
 
 OverlapModel.TestCase.settings = settings(
