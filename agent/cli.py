@@ -133,30 +133,51 @@ def _probe_in_background() -> None:
 def run(health_addr: tuple[str, int], heartbeat_interval_s: float) -> int:
     # Imported here so that `--version` (the launcher's preflight) starts without http.server.
     from agent.health import HealthServer
+    from agent.listen import Notifier, inherited
 
     received: list[str] = []
     wakeup = install_stop_handlers(received)
     started = time.monotonic()
     log.info("%s %s starting (pid %d)", PROG, VERSION, os.getpid())
+    given = inherited(os.environ)
+    notifier = Notifier(os.environ)
     host, port = health_addr
-    try:
-        server = HealthServer(host, port, VERSION)
-    except OSError as exc:
-        log.error("cannot bind health address %s:%d: %s", host, port, exc)
-        return exit_codes.STARTUP_FAILURE
-    server.start()
-    log.info("health endpoint listening on %s", server.url)
+    if given:
+        log.info("serving on %d inherited socket(s) (LISTEN_FDS: %s); --health-addr %s:%d "
+                 "is ignored", len(given), ", ".join(name for _, name in given), host, port)
+        servers = [HealthServer(host, port, VERSION, sock=sock) for sock, _ in given]
+    else:
+        try:
+            servers = [HealthServer(host, port, VERSION)]
+        except OSError as exc:
+            log.error("cannot bind health address %s:%d: %s", host, port, exc)
+            return exit_codes.STARTUP_FAILURE
+    for server in servers:
+        server.start()
+        log.info("health endpoint listening on %s", server.url)
+    notifier.send(READY=1, STATUS=f"{VERSION} serving on {', '.join(s.url for s in servers)}")
     _probe_in_background()
+    ping_s = notifier.ping_every_s()
+    next_beat = started + heartbeat_interval_s
+    next_ping = time.monotonic() if ping_s else None
     try:
         while not received:
-            if not select.select([wakeup], [], [], heartbeat_interval_s)[0]:
-                log.info("heartbeat: version %s, uptime %.1fs", VERSION,
-                         time.monotonic() - started)
-                continue
-            with contextlib.suppress(BlockingIOError):
-                os.read(wakeup, 512)
+            now = time.monotonic()
+            if next_ping is not None and now >= next_ping:
+                notifier.send(WATCHDOG=1)
+                next_ping = now + (ping_s or 0.0)
+            if now >= next_beat:
+                log.info("heartbeat: version %s, uptime %.1fs", VERSION, now - started)
+                next_beat = now + heartbeat_interval_s
+            due = min(next_beat, next_ping if next_ping is not None else next_beat)
+            if select.select([wakeup], [], [], max(0.0, due - time.monotonic()))[0]:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wakeup, 512)
     finally:
-        server.stop()
+        notifier.send(STOPPING=1)
+        for server in servers:
+            server.stop()
+        notifier.close()
     log.info("stopping on %s", received[0] if received else "request")
     log.info("%s %s stopped", PROG, VERSION)
     return exit_codes.STOPPED

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet", "delta",
-           "fleet_delta", "resume", "metrics")
+           "fleet_delta", "resume", "metrics", "handover")
 
 
 def ensure_tools() -> None:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_tools()
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     quick = {"idle": (10.0,), "update": (2,), "download": (2,), "coldstart": (3,),
-             "fleet": ((10_000,),), "delta": (True,)}
+             "fleet": ((10_000,),), "delta": (True,), "handover": (3,)}
     figures = []
     for name in args.only:
         mod = importlib.import_module(name)

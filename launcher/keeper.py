@@ -11,6 +11,11 @@ exits 0 and leaves processes behind has put itself in the background; that is sa
 plain words. The running agent's pid and start time are journaled (``ChildInfo``), so a
 launcher that was killed alone finds the agent that outlived it and stops it before it
 starts a new one.
+
+A deliberate overlap (``start(overlap=True)``, the ``overlap`` hand-over) keeps the
+running agent as ``outgoing`` while the new one starts: the pair is the only time two
+agents run. The outgoing one is stopped once the new one is ready (``finish_handover``),
+or taken back if the new one never gets there (``take_back``); either way the pair ends.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 STABLE_RUN_S = 60.0  # a child up this long resets the crash backoff
 LEFTOVER_GRACE_S = 2.0
 RESTART = "agent.restart"
+HANDOVER = "agent.handover"
 
 
 class AgentKeeper:
@@ -58,6 +63,8 @@ class AgentKeeper:
         self.on_restart_due = on_restart_due
         self.tracked = tracked  # pids other owners track (workers, the watcher)
         self.child: Child | None = None
+        self.outgoing: Child | None = None  # the old agent, serving until the new is ready
+        self.ready = False  # the current child sent READY=1
         self.crashes = 0
         # Children we had before starting anything (a sidecar started by the entrypoint
         # before it exec'd the launcher): inherited, not orphans the agent left.
@@ -78,22 +85,46 @@ class AgentKeeper:
         return self.loop.timers.pending(RESTART)
 
     def pids(self) -> set[int]:
-        return {self.child.pid} if self.child is not None else set()
+        return {c.pid for c in (self.child, self.outgoing) if c is not None}
 
     def age_s(self) -> float:
         return self.clock() - self.child.started if self.child is not None else 0.0
 
-    def start(self, label: str) -> Child:
-        """Start the agent (stopping one that still runs); raises OSError when it cannot."""
+    def start(self, label: str, *, overlap: bool = False,
+              deadline_s: float | None = None) -> Child:
+        """Start the agent; raises OSError when it cannot. One that still runs is stopped
+        first, or, with ``overlap``, kept serving as ``outgoing`` until the new one is
+        ready (and stopped after ``deadline_s`` anyway, when given). An overlap already
+        under way keeps its outgoing agent: only the unready new one is replaced."""
         self.loop.timers.cancel(RESTART)
+        if overlap and self.outgoing is None and self.child is not None and self.child.running:
+            self.outgoing, self.child = self.child, None
+            log.info("agent (pid %d) keeps serving until the new one is ready",
+                     self.outgoing.pid)
+        if not overlap:
+            self.finish_handover()  # a plain start (a crash restart): no pair outlives it
         if self.child is not None:
-            self.stop()
-        self.child = self.spawn(label, list(self.argv()), self.env, self.loop.reaper)
+            self._stop_child()
+        if self.outgoing is None or deadline_s is None:
+            self.loop.timers.cancel(HANDOVER)
+        else:
+            self.loop.timers.set(HANDOVER, deadline_s, self._handover_overdue)
+        self.ready = False
+        try:
+            self.child = self.spawn(label, list(self.argv()), self.env, self.loop.reaper)
+        except OSError:
+            self.finish_handover()  # nothing new runs: the old one must not linger either
+            raise
         return self.child
 
     def stop(self) -> int | None:
-        """Stop the agent if it runs; its raw wait status, None when none ran."""
+        """Stop the agent (and an outgoing one) if it runs; its raw wait status, None when
+        none ran."""
         self.loop.timers.cancel(RESTART)
+        self.finish_handover()
+        return self._stop_child()
+
+    def _stop_child(self) -> int | None:
         if self.child is None:
             return None
         child, self.child = self.child, None
@@ -101,8 +132,58 @@ class AgentKeeper:
         self.end_leftovers()
         return status
 
+    def child_ready(self) -> None:
+        """The current child sent READY=1: an overlap ends with the old one stopped."""
+        self.ready = True
+        self.finish_handover()
+
+    def finish_handover(self) -> None:
+        """Stop the outgoing agent, if there is one."""
+        self.loop.timers.cancel(HANDOVER)
+        if self.outgoing is None:
+            return
+        old, self.outgoing = self.outgoing, None
+        log.info("handing over: stopping the previous agent (pid %d)", old.pid)
+        old.stop(self.stop_grace_s())
+        self.end_leftovers()
+
+    def take_back(self) -> bool:
+        """The new agent of an overlap failed: stop it and make the outgoing one, which
+        never stopped, the current agent again. False when there is none to take back."""
+        self.loop.timers.cancel(HANDOVER)
+        if self.outgoing is None or not self.outgoing.running:
+            return False
+        self._stop_child()  # while the outgoing one is still tracked: not a leftover
+        old, self.outgoing = self.outgoing, None
+        self.child = old
+        self.ready = True
+        log.info("agent (pid %d) never stopped and serves on", old.pid)
+        return True
+
+    def _handover_overdue(self) -> None:
+        if self.outgoing is not None:
+            log.warning("the new agent sent no READY=1 in time; stopping the previous one "
+                        "(pid %d) anyway", self.outgoing.pid)
+            self.finish_handover()
+
+    def which(self, pid: int) -> str | None:
+        """``current`` or ``outgoing``: whose process group a notify sender is in."""
+        from launcher.notifyd import belongs_to
+
+        for name, c in (("current", self.child), ("outgoing", self.outgoing)):
+            if c is not None and belongs_to(pid, c.pid):
+                return name
+        return None
+
     def poll(self) -> None:
-        """Called each turn: notices the agent's exit, cleans up, tells the supervisor."""
+        """Called each turn: notices the agent's exit, cleans up, tells the supervisor. An
+        outgoing agent that exits on its own is only cleaned up: it was on its way out."""
+        if self.outgoing is not None and self.outgoing.poll() is not None:
+            old, self.outgoing = self.outgoing, None
+            self.loop.timers.cancel(HANDOVER)
+            log.warning("the previous agent (pid %d) %s during the hand-over", old.pid,
+                        decode_status(old.status or 0)[1])
+            self.end_leftovers(old.pid)
         if self.child is None or (status := self.child.poll()) is None:
             return
         child, self.child = self.child, None
@@ -149,7 +230,7 @@ class AgentKeeper:
 def end_leftovers(group: int | None, tracked: set[int], reaper: Reaper) -> list[str]:
     left = proc.adopted(tracked)
     if group is not None:
-        left += [p for p in _group_members(group) if p.pid not in {q.pid for q in left}]
+        left += [p for p in group_members(group) if p.pid not in {q.pid for q in left}]
     words = [f"pid {p.pid} ({_name(p)})" for p in left]
     if left:
         log.warning("stopping %d process(es) the agent left behind: %s", len(left),
@@ -160,91 +241,6 @@ def end_leftovers(group: int | None, tracked: set[int], reaper: Reaper) -> list[
     return words
 
 
-def stop_survivor(info: ChildInfo | None, grace_s: float, agent_path: str) -> bool:
-    """Stop an agent that outlived the launcher that started it (only the launcher was
-    killed). A running one is known by its journaled pid *and* start time; one the launcher
-    was still starting when it died ("starting", no pid yet) by running our agent binary
-    and having started after the mark. Either way the process must run ``agent_path``
-    (compared as real paths), so a recycled pid is never touched. True when one was found;
-    it is stopped with its whole family before this returns."""
-    if info is None or info.create_time is None:
-        return False
-    if info.state == "running" and isinstance(info.pid, int) and info.pid > 0:
-        p = _process(info.pid)
-        found = [p] if p is not None and _started_at(p, info.create_time, 0.05) else []
-    elif info.state == "starting":
-        found = [p for p in psutil.process_iter() if _started_after(p, info.create_time - 1.0)]
-    else:
-        return False
-    found = [p for p in found if p.pid != os.getpid() and _runs(p, agent_path)]
-    if not found:
-        return False
-    log.warning("agent %s (pid %s) outlived the previous launcher; stopping it before "
-                "starting a new one", info.version, ", ".join(str(p.pid) for p in found))
-    stop_family(found, grace_s)
-    return True
-
-
-def stop_family(procs: list[psutil.Process], grace_s: float) -> None:
-    """TERM to each process, its group and its descendants; wait for *all* of them (a
-    wrapper's server may drain after the wrapper is gone); KILL what is left."""
-    family: dict[int, psutil.Process] = {p.pid: p for p in procs}
-    for p in procs:
-        for q in [*_group_members(p.pid), *_descendants(p)]:
-            family.setdefault(q.pid, q)
-    members = list(family.values())
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, sig)
-        for q in members:
-            with contextlib.suppress(psutil.Error, OSError):
-                q.send_signal(sig)
-        _, members = psutil.wait_procs(members, timeout=grace_s if sig == signal.SIGTERM
-                                       else 5.0)
-        if not members:
-            return
-        log.warning("agent processes %s still running after %.1fs; sending SIGKILL",
-                    ", ".join(str(q.pid) for q in members), grace_s)
-
-
-def _process(pid: int) -> psutil.Process | None:
-    try:
-        return psutil.Process(pid)
-    except (psutil.Error, OSError, ValueError):
-        return None
-
-
-def _started_at(p: psutil.Process, at: float, slack: float) -> bool:
-    try:
-        return abs(p.create_time() - at) <= slack
-    except (psutil.Error, OSError):
-        return False
-
-
-def _started_after(p: psutil.Process, at: float) -> bool:
-    try:
-        return p.create_time() >= at
-    except (psutil.Error, OSError):
-        return False
-
-
-def _runs(p: psutil.Process, agent_path: str) -> bool:
-    """The binary itself or, for a script, its interpreter's first argument is our agent."""
-    want = os.path.realpath(agent_path)
-    try:
-        return any(os.path.realpath(arg) == want for arg in p.cmdline()[:2] if arg)
-    except (psutil.Error, OSError):
-        return False
-
-
-def _descendants(p: psutil.Process) -> list[psutil.Process]:
-    try:
-        return p.children(recursive=True)
-    except (psutil.Error, OSError):
-        return []
-
-
 def _create_time(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
@@ -252,7 +248,7 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
-def _group_members(pgid: int) -> list[psutil.Process]:
+def group_members(pgid: int) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):

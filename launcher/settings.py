@@ -68,6 +68,10 @@ class Settings:
     disk_margin_bytes: int = 16 << 20
     metrics_file: Path | None = None
     log_format: str = "text"
+    listen: tuple[str, ...] = ()
+    ready: str = "health"
+    handover: str = "stop-first"
+    agent_watchdog_s: float = 10.0
 
     @property
     def bin_dir(self) -> Path:
@@ -103,7 +107,7 @@ class Option:
     help: str
     flag: bool = True  # False: file and environment only
     many: bool = False  # repeatable flag, TOML list, environment items split on ``separator``
-    separator: str = ":"
+    separator: str = ":"  # the environment's item separator for ``many`` (" ": any white space)
 
 
 def _positive(text: str) -> float:
@@ -157,6 +161,16 @@ def _serial(text: str) -> int:
 
 
 _CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+READY_MODES = ("health", "notify")
+HANDOVERS = ("stop-first", "overlap")
+
+
+def _listen(text: str) -> str:
+    from launcher.sockets import parse_listen  # standard library only
+
+    return parse_listen(text).text
 
 
 def _channel(text: str) -> str:
@@ -287,6 +301,21 @@ OPTIONS += (
            "atomically (node_exporter's textfile collector)"),
     Option("log_format", "log_format", _choice(LOG_FORMATS),
            "text (default) or json: one JSON object per line for the launcher's own lines"),
+    Option("listen", "listen", _listen,
+           "HOST:PORT, [V6]:PORT or unix:PATH the launcher binds once and hands to every "
+           "agent generation (LISTEN_FDS, fd 3 onwards); repeatable (TOML: a list; "
+           "environment: separated by spaces)", many=True, separator=" "),
+    Option("ready", "ready", _choice(READY_MODES),
+           "health (default: the health URL and staying up judge a new build) or notify "
+           "(the window starts at the agent's sd_notify READY=1; no READY, or stopped "
+           "WATCHDOG=1 pings, fail it)"),
+    Option("handover", "handover", _choice(HANDOVERS),
+           "stop-first (default: stop the old agent, then start the new) or overlap (start "
+           "the new while the old serves; stop the old once the new is READY; needs "
+           "--ready notify)"),
+    Option("agent_watchdog", "agent_watchdog_s", _non_negative,
+           "with --ready notify, the agent's WATCHDOG_USEC in seconds: a trial agent silent "
+           "that long after a WATCHDOG=1 fails; 0 turns it off (default 10)"),
 )
 BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "allow_unsigned")
 
@@ -294,7 +323,8 @@ BOOL_FLAGS = ("allow_http", "github_prerelease", "allow_legacy_signatures", "all
 def _items(raw: Any, separator: str = ":") -> list[str]:
     """A ``many`` option's values: a list (flags, TOML) or separated (environment)."""
     if isinstance(raw, str):
-        return [item.strip() for item in raw.split(separator) if item.strip()]
+        items = raw.split() if separator == " " else raw.split(separator)
+        return [item.strip() for item in items if item.strip()]
     if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
         return list(raw)
     raise ValueError(f"{raw!r} is not a list of strings")
@@ -400,6 +430,10 @@ def github_latest_url(api_url: str, repo: str) -> str:
 
 
 def validate(s: Settings) -> None:
+    if s.handover == "overlap" and s.ready != "notify":
+        raise ConfigError("--handover overlap needs --ready notify: during an overlap the "
+                          "old and the new agent answer on the same socket, so only the new "
+                          "agent's own READY=1 tells that it is ready")
     if s.github_repo is not None:
         _validate_github(s)
     elif s.manifest_url:

@@ -38,12 +38,14 @@ from launcher import seed as seeding
 from launcher.child import agent_environ
 from launcher.errors import ConfigError
 from launcher.gate import Gate
+from launcher.handoff import Handoff
 from launcher.journal import Build, State, new_state
-from launcher.keeper import AgentKeeper, stop_survivor
+from launcher.keeper import AgentKeeper
 from launcher.lock import StateLock
 from launcher.reaper import decode_status, signal_name
 from launcher.resident import Resident
 from launcher.settings import Settings
+from launcher.survivors import stop_strays, stop_survivor
 from launcher.updates import Updates
 from launcher.watcher import Watcher
 
@@ -73,6 +75,7 @@ class Supervisor:
         self.lock = StateLock(settings.state_dir)
         self.exit_code: int | None = None
         self.control: control.ControlServer | None = None
+        self.handoff = Handoff()
         self.keeper = res.keeper = AgentKeeper(
             res.loop, lambda: [str(res.s.agent_path), *res.s.agent_args], agent_environ(env),
             lambda: res.s.stop_grace_s, on_exit=self._on_agent_exit,
@@ -87,6 +90,7 @@ class Supervisor:
                                lambda p: self.config.changed(p))  # noqa: PLW0108 (made below)
         self.config = live_config.LiveConfig(res, self.watcher,
                                              self.config_file if reload else None, reload)
+        self.keeper.spawn = self.handoff.spawn
         self.updates = Updates(res, self._start_agent, self._exit)
         self.gate = Gate(res, self.updates.apply)  # hold, pin, window, install
         self.loop = res.loop
@@ -115,6 +119,7 @@ class Supervisor:
                               f"{exc.strerror}") from exc
         permissions.check_state_dir(self.s.state_dir, self.s.bin_dir, container=self.res.container)
         permissions.not_dumpable()
+        self.handoff.adopt_systemd(self.res.env)  # before anything is spawned
         self.lock.acquire()
         try:
             self.res.reaper.install()
@@ -141,12 +146,15 @@ class Supervisor:
             **state.extra, "signatures": s.signatures, "ops": ops.record(s, res.env)})
         res.save(controls.journal_settings(state, s, res.now_iso()))
         stop_survivor(res.state.child, s.stop_grace_s, str(s.agent_path))
+        stop_strays(str(s.agent_path), s.stop_grace_s)
         if res.state.current is not None and res.state.current.version == "unknown":
             res.save(seeding.learn_version(res.state, s.agent_path, res.run))
         if s.seed_binary is not None and not res.reaper.stop_requested():
             self._seed()
         if res.reaper.stop_requested():
             return
+        self.keeper.env = {**self.keeper.env, **self.handoff.open(
+            s, self.loop, res.container, self.updates.on_notify)}
         try:
             self.control = control.ControlServer(s.state_dir, self._command, self.loop)
         except OSError as exc:
@@ -189,6 +197,7 @@ class Supervisor:
         self.keeper.end_leftovers()
         if self.control is not None:
             self.control.close()
+        self.handoff.close()
         self.res.reaper.uninstall()
         self.res.reaper.close()
         self.loop.close()
@@ -224,13 +233,14 @@ class Supervisor:
 
     # ---- the agent ----------------------------------------------------------------
 
-    def _start_agent(self) -> None:
+    def _start_agent(self, overlap: bool = False, deadline_s: float | None = None) -> None:
         current = self.state.current
         if current is None or self.res.stopping:
             return
         self.res.save_child("starting")  # journaled first: a kill after the spawn finds it
         try:
-            self.keeper.start(f"agent {current.version}")
+            self.keeper.start(f"agent {current.version}", overlap=overlap,
+                              deadline_s=deadline_s)
         except OSError as exc:
             log.error("cannot start agent %s: %s", self.s.agent_path, exc)
             if not self.s.agent_path.exists() and self._repair_missing_agent():

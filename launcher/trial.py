@@ -15,6 +15,15 @@ The rules, the same at every instant of the window:
   until the run of failures resolves one way or the other or the grace ends.
 - Without a health URL (``probe`` is None) only staying up counts.
 - An exit of the trial child is always a failure.
+
+With ``ready="notify"`` (the agent speaks sd_notify to the launcher):
+
+- The window starts at the child's ``READY=1``: run time, the grace and the probes all
+  count from there. A child that sends no ``READY=1`` within ``ready_timeout_s`` (10 s,
+  whatever the window: a short window must not make a slow start fatal) fails the trial.
+- Once the child has sent one ``WATCHDOG=1``, a gap longer than ``watchdog_s`` between
+  two pings (or since the last one) fails the trial. A child that never pings is judged
+  without it.
 """
 
 from __future__ import annotations
@@ -44,7 +53,9 @@ class TrialJudge:
 
     def __init__(self, record: Trial, window_s: float, *, health_url: str | None,
                  grace_s: float = HEALTH_GRACE_S,
-                 unhealthy_probes: int = UNHEALTHY_PROBES) -> None:
+                 unhealthy_probes: int = UNHEALTHY_PROBES, ready: str = "health",
+                 watchdog_s: float | None = None,
+                 ready_timeout_s: float = HEALTH_GRACE_S) -> None:
         self.record = record
         self.window_s = window_s
         self.health_url = health_url
@@ -55,6 +66,11 @@ class TrialJudge:
         self.last_ok = False
         self.base_s = record.run_time_s  # run time before the current child started
         self.ended: Verdict | None = None
+        self.notify = ready == "notify"
+        self.watchdog_s = watchdog_s
+        self.ready_timeout_s = ready_timeout_s
+        self.ready_at: float | None = None  # the child's age at its READY=1
+        self.pinged_at: float | None = None  # the child's age at its last WATCHDOG=1
 
     # ---- inputs -------------------------------------------------------------------
 
@@ -64,12 +80,33 @@ class TrialJudge:
         self.failures = 0
         self.answered = False
         self.last_ok = False
+        self.ready_at = None
+        self.pinged_at = None
+
+    def ready(self, age_s: float) -> None:
+        """The child sent ``READY=1`` when it had been up ``age_s`` (the first one counts)."""
+        if self.ready_at is None:
+            self.ready_at = age_s
+
+    def watchdog(self, age_s: float) -> None:
+        """The child sent ``WATCHDOG=1`` at ``age_s``."""
+        self.pinged_at = age_s
 
     def observe(self, age_s: float, probe: bool | None) -> Verdict:
         """The child has been up ``age_s`` seconds; ``probe`` is the health answer, or None
         when there is no health URL."""
         if self.ended is not None:
             return self.ended
+        if self.notify:
+            if self.ready_at is None:
+                if age_s >= self.ready_timeout_s:
+                    return self._end(Verdict("fail", f"agent sent no READY=1 within "
+                                                     f"{self.ready_timeout_s:g}s of its start"))
+                return WAIT
+            stalled = self._stalled(age_s)
+            if stalled is not None:
+                return self._end(stalled)
+            age_s -= self.ready_at
         run_s = self.base_s + age_s
         self.record = dataclasses.replace(self.record, run_time_s=run_s)
         if probe is not None:
@@ -91,17 +128,33 @@ class TrialJudge:
     def ran(self, age_s: float) -> None:
         """Note the run time without judging (the child is about to be stopped)."""
         if self.ended is None:
-            self.record = dataclasses.replace(self.record, run_time_s=self.base_s + age_s)
+            self.record = dataclasses.replace(self.record,
+                                              run_time_s=self.base_s + self._window_age(age_s))
 
     def child_exited(self, words: str, age_s: float) -> Verdict:
         if self.ended is not None:
             return self.ended
-        run_s = self.base_s + age_s
+        run_s = self.base_s + self._window_age(age_s)
         self.record = dataclasses.replace(self.record, run_time_s=run_s)
         return self._end(Verdict("fail", f"agent {words} after {run_s:.1f}s of its "
                                          f"{self.window_s:g}s health window"))
 
     # ---- internals ----------------------------------------------------------------
+
+    def _window_age(self, age_s: float) -> float:
+        """How much of ``age_s`` counts as window: all of it, or (notify) since READY."""
+        if not self.notify:
+            return age_s
+        return 0.0 if self.ready_at is None else max(0.0, age_s - self.ready_at)
+
+    def _stalled(self, age_s: float) -> Verdict | None:
+        if self.watchdog_s is None or self.pinged_at is None:
+            return None
+        silent = age_s - self.pinged_at
+        if silent <= self.watchdog_s:
+            return None
+        return Verdict("fail", f"agent stopped its WATCHDOG=1 pings: none for {silent:.1f}s "
+                               f"(WATCHDOG_USEC is {self.watchdog_s:g}s)")
 
     def _probe(self, ok: bool, age_s: float) -> None:
         self.last_ok = ok

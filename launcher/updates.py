@@ -5,6 +5,12 @@ It owns the trial judge (``launcher.trial``) and its timer (``trial.tick``). Eve
 trial ends goes through ``_act``: commit, or roll back (or, with no other build to go back
 to, keep the failed one marked bad); either way the check runner is resumed, so the host
 always has a next check.
+
+With ``--handover overlap`` a swap starts the new agent while the old one still serves
+(the keeper keeps it as ``outgoing``) and the old one is stopped at the new one's
+``READY=1``; a trial that fails before that takes the old one back, so it never stopped.
+A rollback from a running agent overlaps the same way, the failed agent serving until the
+restored one is ready (at most ``HEALTH_GRACE_S``: an older build may not speak sd_notify).
 """
 
 from __future__ import annotations
@@ -12,25 +18,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from launcher import container, control, controls, health, install
 from launcher.errors import HostError
 from launcher.journal import Build, Staged, Trial
 from launcher.resident import Resident
-from launcher.trial import TrialJudge, Verdict
+from launcher.trial import HEALTH_GRACE_S, TrialJudge, Verdict
 
 log = logging.getLogger(__name__)
 
 TICK = "trial.tick"
 
 
+class StartAgent(Protocol):
+    def __call__(self, overlap: bool = False, deadline_s: float | None = None) -> None: ...
+
+
 class Updates:
-    def __init__(self, res: Resident, start_agent: Callable[[], None],
+    def __init__(self, res: Resident, start_agent: StartAgent,
                  exit_: Callable[[int], None]) -> None:
         self.res = res
         self.start_agent = start_agent
         self.exit = exit_
         self.judge: TrialJudge | None = None
+        self.agent_status: str | None = None
+
+    @property
+    def overlap(self) -> bool:
+        return self.res.s.handover == "overlap" and not self.res.container
 
     # ---- the swap ----------------------------------------------------------------------
 
@@ -75,7 +91,8 @@ class Updates:
         res.fault("swapped")
         log.info("swapped in %s; %s kept as agent.old", build.version,
                  res.state.previous.version if res.state.previous else "?")
-        res.keeper.stop()
+        if not self.overlap:
+            res.keeper.stop()
         if res.container:
             container.say_swapped(build.version)
             res.notify.stopping()
@@ -83,7 +100,7 @@ class Updates:
             return
         assert res.state.trial is not None
         self.judge = self._judge(res.state.trial)
-        self.start_agent()
+        self.start_agent(overlap=self.overlap)
         res.fault("trial.started")
 
     # ---- the trial ---------------------------------------------------------------------
@@ -131,7 +148,33 @@ class Updates:
         self.res.loop.timers.cancel(TICK)
 
     def _judge(self, trial: Trial) -> TrialJudge:
-        return TrialJudge(trial, self.res.s.health_window_s, health_url=self.res.s.health_url)
+        s = self.res.s
+        return TrialJudge(trial, s.health_window_s, health_url=s.health_url, ready=s.ready,
+                          watchdog_s=s.agent_watchdog_s or None)
+
+    def on_notify(self, sender: int, fields: dict[str, str]) -> None:
+        """An sd_notify message from ``sender``: counts only from the current agent's
+        process group (STATUS= is logged for the outgoing one too)."""
+        keeper = self.res.keeper
+        who = keeper.which(sender)
+        if who is None:
+            log.debug("notify message from pid %d, not an agent of ours: dropped", sender)
+            return
+        status = fields.get("STATUS")
+        if status is not None and status != self.agent_status:
+            self.agent_status = status
+            log.info("agent (pid %d) status: %s", sender, status[:200])
+        if who != "current":
+            return
+        if fields.get("READY") == "1" and not keeper.ready:
+            age = keeper.age_s()
+            log.info("agent %s (pid %d) is ready (READY=1) %.2fs after its start",
+                     self.res.version(), sender, age)
+            if self.judge is not None:
+                self.judge.ready(age)
+            keeper.child_ready()
+        if fields.get("WATCHDOG") == "1" and self.judge is not None:
+            self.judge.watchdog(keeper.age_s())
 
     def _observe_later(self) -> None:
         assert self.judge is not None
@@ -192,7 +235,8 @@ class Updates:
         refusal = install.rollback_refusal(res.state, res.s.bin_dir, res.shas)
         ok = False
         if refusal is None:
-            res.keeper.stop()
+            if not self.overlap:
+                res.keeper.stop()
             try:
                 res.state, ok = control.rollback(res.state, res.s.bin_dir, res.journal, reason,
                                                  res.now_iso(), res.fault_hook, res.shas)
@@ -205,12 +249,16 @@ class Updates:
                       refusal or "agent.old is gone")
             res.save(dataclasses.replace(res.state.with_bad(failed, reason, res.now_iso()),
                                          phase="committed", trial=None))
+            res.keeper.finish_handover()  # the files say the failed build: it is what runs
             if not res.keeper.running and not res.keeper.restart_pending:
                 self.start_agent()
         else:
             log.error("rolled back to %s: %s %s", res.version(), failed.label(), reason)
             res.keeper.reset_backoff()
-            self.start_agent()
+            if res.keeper.take_back():
+                res.save_child("running")
+            else:
+                self.start_agent(overlap=self.overlap, deadline_s=HEALTH_GRACE_S)
         res.checks.resume()
 
     # ---- operator commands (over the control socket) ------------------------------------

@@ -190,7 +190,8 @@ def _ignore_and_block() -> None:
 def test_agent_gets_clean_signal_state_and_environment(tmp_path: Path,
                                                        ns: list[Namespaced]) -> None:
     """Started from a launcher that inherited ignored and blocked signals and systemd's
-    variables, the agent still has an empty mask, no ignored signals, no NOTIFY_SOCKET."""
+    variables, the agent still has an empty mask, no ignored signals, and none of systemd's
+    variables: its NOTIFY_SOCKET is the launcher's own (issue 12), not the one systemd gave."""
     dump = tmp_path / "dump"
     # grep reads its own status: a shell may block signals around its forks.
     agent = script_agent(tmp_path / "a", "1.0.0",
@@ -210,7 +211,11 @@ def test_agent_gets_clean_signal_state_and_environment(tmp_path: Path,
     # parent ignored) are back to default. glibc's posix_spawn leaves its two internal
     # real-time signals (32, 33) ignored; glibc programs reinstall those themselves.
     assert ignored & 0x7FFFFFFF == 0, hex(ignored)
-    assert "NOTIFY_SOCKET" not in text and "WATCHDOG_" not in text and "LISTEN_" not in text
+    notify = [line.split("=", 1)[1] for line in text.splitlines()
+              if line.startswith("NOTIFY_SOCKET=")]
+    assert len(notify) == 1 and str(tmp_path / "nosock") not in notify[0]
+    assert notify[0].endswith("/run/agent-notify.sock") or notify[0].startswith("@")
+    assert "WATCHDOG_" not in text and "LISTEN_" not in text
     assert "GITHUB_TOKEN" not in text and "NGINX_MANAGER_" not in text
     assert "KEEP_ME=yes" in text
     assert n.stop() == 0

@@ -11,7 +11,6 @@ and a held host never takes a staged build.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import shutil
@@ -28,12 +27,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from launcher import controls, install
 from launcher import settings as launcher_settings
+from launcher.keeper import HANDOVER
 from launcher.supervisor import Supervisor
 from launcher.trial import HEALTH_GRACE_S, UNHEALTHY_PROBES
 from launcher.updates import TICK
 
 WINDOW = 2.0
 CRASH_AFTER_S = 0.3
+READY_AFTER_S = 0.1
 _pids = itertools.count(4_000_000_000)  # never a real pid: nothing is ever signalled
 
 
@@ -65,6 +66,9 @@ def kind_of(build: str) -> str:
 
 
 class ResidentModel(RuleBasedStateMachine):
+    overlap = False
+    extra: dict[str, str] = {}  # noqa: RUF012 (a class default, never mutated)
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="resident-model-"))
@@ -80,7 +84,7 @@ class ResidentModel(RuleBasedStateMachine):
             "state_dir": str(self.dir / "state"), "manifest_url": "http://127.0.0.1:9/v.json",
             "allow_http": True, "poll_interval": "1", "jitter": "0",
             "health_window": str(WINDOW), "health_url": "http://127.0.0.1:9/healthz",
-            "seed_binary": str(seed), "platform": "linux-amd64"}, environ={})
+            "seed_binary": str(seed), "platform": "linux-amd64", **self.extra}, environ={})
         # The simulated world needs no durability (test_durability and test_power_loss test
         # it for real): without fsync a run costs CPU, not the disk's flush queue.
         self.patches = [mock.patch("launcher.files.os.fsync", lambda fd: None),
@@ -107,6 +111,7 @@ class ResidentModel(RuleBasedStateMachine):
         return sup
 
     def _close(self) -> None:
+        self.sup.handoff.close()
         self.sup.res.reaper.close()
         self.sup.loop.close()
 
@@ -129,6 +134,9 @@ class ResidentModel(RuleBasedStateMachine):
     def probe(self, url: str, timeout_s: float = 1.0) -> bool:
         alive = [p for p in self.procs if p.running]
         return bool(alive) and kind_of(alive[0].build) == "good"
+
+    def notify(self) -> None:
+        """What the agents say over their notify socket (nothing, in the default mode)."""
 
     def worker_started(self) -> None:
         self.check_due = True
@@ -155,6 +163,7 @@ class ResidentModel(RuleBasedStateMachine):
             for p in self.alive():
                 if kind_of(p.build) == "crash" and self.now >= p.started + CRASH_AFTER_S:
                     p.status = 1 << 8  # exited 1
+            self.notify()
             self.sup.loop.dispatch()
             if self.now >= end:
                 break
@@ -225,10 +234,14 @@ class ResidentModel(RuleBasedStateMachine):
 
     @invariant()
     def never_two_agents(self) -> None:
+        """One agent, or the deliberate overlap pair: the keeper's child and outgoing."""
         alive = self.alive()
-        assert len(alive) <= 1, [p.build for p in alive]
-        if alive:
-            assert self.sup.keeper.child is alive[0], "an agent runs that nobody tracks"
+        keeper = self.sup.keeper
+        assert len(alive) <= (2 if self.overlap else 1), [p.build for p in alive]
+        for p in alive:
+            assert p is keeper.child or p is keeper.outgoing, "an agent nobody tracks"
+        if len(alive) == 2:
+            assert keeper.child is not None and keeper.outgoing is not None
 
     @invariant()
     def never_a_good_build_marked_bad(self) -> None:
@@ -248,7 +261,8 @@ class ResidentModel(RuleBasedStateMachine):
         if self.trial_began is None:
             self.trial_began = self.now
         tick = sup.updates.judge.tick_interval_s()
-        bound = WINDOW + min(HEALTH_GRACE_S, WINDOW) + (UNHEALTHY_PROBES + 2) * tick
+        bound = WINDOW + min(HEALTH_GRACE_S, WINDOW) + (UNHEALTHY_PROBES + 2) * tick \
+            + (HEALTH_GRACE_S + READY_AFTER_S if self.overlap else 0.0)  # READY=1 deadline
         assert self.now - self.trial_began <= bound
 
     @invariant()
@@ -263,9 +277,9 @@ class ResidentModel(RuleBasedStateMachine):
         assert state.current is not None and state.current.sha256 == agent_sha
         if state.previous is not None:
             assert state.previous.sha256 == old_sha
-        with contextlib.suppress(IndexError):
-            if self.running and self.sup.keeper.running:
-                assert self.alive()[0].build.split()[1] == state.current.version
+        child = self.sup.keeper.child
+        if self.running and child is not None and child.running:
+            assert child.build.split()[1] == state.current.version  # type: ignore[attr-defined]
 
 
 def _runs(examples: int) -> settings:
@@ -284,3 +298,55 @@ class TestResidentModel(ResidentModel.TestCase):  # type: ignore[misc,valid-type
 @pytest.mark.timeout(1800)
 class TestResidentModelLong(ResidentModel.TestCase):  # type: ignore[misc,valid-type]
     settings = _runs(400)
+
+
+class OverlapModel(ResidentModel):
+    """The same world with ``--ready notify --handover overlap``: good and sick builds send
+    READY=1 shortly after their start, crashing and mute ones never do. The old agent may
+    run beside the new one only as the keeper's outgoing agent, and a build that never
+    becomes ready is rolled back with the old agent still running."""
+
+    overlap = True
+    extra = {"ready": "notify", "handover": "overlap", "agent_watchdog": "0"}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        self.told: set[int] = set()
+        super().__init__()
+
+    def _launch(self) -> Supervisor:
+        (self.dir / "state" / "run").mkdir(mode=0o700, parents=True, exist_ok=True)
+        return super()._launch()
+
+    def notify(self) -> None:
+        for p in self.alive():
+            if p.pid not in self.told and kind_of(p.build) in ("good", "sick") \
+                    and self.now >= p.started + READY_AFTER_S:
+                self.told.add(p.pid)
+                self.sup.updates.on_notify(p.pid, {"READY": "1"})
+
+    @precondition(lambda self: self.running and self.check_due)
+    @rule()
+    def a_mute_build_is_staged(self) -> None:
+        """Up, but never sends READY=1."""
+        self.a_new_build_is_staged("mute")
+
+    @invariant()
+    def a_never_ready_build_never_stopped_the_old_one(self) -> None:
+        keeper = self.sup.keeper
+        if keeper.outgoing is not None:
+            assert not keeper.ready
+            assert keeper.outgoing.running
+            # Something ends the pair: the trial's verdict or the hand-over's deadline.
+            on_trial = self.sup.state.phase == "trial" and self.sup.updates.judge is not None
+            assert on_trial or self.sup.loop.timers.pending(HANDOVER), "a pair nothing ends"
+
+
+@pytest.mark.timeout(600)
+class TestOverlapModel(OverlapModel.TestCase):  # type: ignore[misc,valid-type]
+    settings = _runs(30)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+class TestOverlapModelLong(OverlapModel.TestCase):  # type: ignore[misc,valid-type]
+    settings = _runs(200)

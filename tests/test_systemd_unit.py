@@ -183,3 +183,39 @@ def test_launcher_never_calls_systemctl_or_sudo() -> None:
             for n, line in enumerate(path.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert hits == []
+
+
+SOCKET_UNIT = ROOT / "systemd" / "nginx-manager-agent.socket"
+
+
+def test_socket_unit_verifies_with_the_service(tmp_path: Path) -> None:
+    """The socket unit (socket activation: the launcher hands systemd's socket on) is
+    accepted by systemd's parser together with the service it names."""
+    templated(tmp_path)
+    copy = tmp_path / SOCKET_UNIT.name
+    shutil.copy(SOCKET_UNIT, copy)
+    result = verify(copy)
+    output = result.stdout + result.stderr
+    ours = [line for line in output.splitlines()
+            if (SOCKET_UNIT.name in line or UNIT.name in line) and PROBLEMS.search(line)]
+    assert ours == []
+    assert result.returncode == 0, output
+
+
+def test_socket_unit_typo_is_caught(tmp_path: Path) -> None:
+    """Negative control for the socket unit."""
+    templated(tmp_path)
+    copy = tmp_path / SOCKET_UNIT.name
+    copy.write_text(SOCKET_UNIT.read_text().replace("ListenStream=", "ListenStrem="))
+    result = verify(copy)
+    assert result.returncode != 0
+    assert SOCKET_UNIT.name in result.stdout + result.stderr
+
+
+def test_socket_unit_feeds_the_service_one_named_stream_socket() -> None:
+    socket_section = parse(SOCKET_UNIT)["Socket"]
+    assert socket_section["Service"] == UNIT.name
+    assert socket_section["ListenStream"] == "127.0.0.1:8091"
+    assert socket_section["FileDescriptorName"] == "health"
+    assert int(socket_section["Backlog"]) >= 128
+    assert socket_section.get("Accept", "no") == "no"

@@ -120,3 +120,111 @@ def check_rules(answers: list[bool]) -> None:
     else:
         assert n == len(answers), what
         assert ages[-1] < WINDOW - 1e-9 or (answered and 0 < streak < UNHEALTHY_PROBES), what
+
+
+# ---- --ready notify: the window starts at READY=1, WATCHDOG=1 must keep coming ------------
+
+
+def notify_judge(watchdog_s: float | None = None, url: str | None = None) -> TrialJudge:
+    return TrialJudge(fresh(), WINDOW, health_url=url, ready="notify", watchdog_s=watchdog_s)
+
+
+def test_notify_the_window_starts_at_ready() -> None:
+    judge = notify_judge()
+    assert judge.observe(1.0, None).kind == "wait"  # not ready yet: no run time counts
+    assert judge.record.run_time_s == 0.0
+    judge.ready(1.5)
+    assert judge.observe(1.5 + WINDOW - TICK, None).kind == "wait"
+    assert judge.observe(1.5 + WINDOW, None).kind == "commit"
+    assert judge.record.run_time_s == pytest.approx(WINDOW)
+
+
+def test_notify_no_ready_within_the_ready_timeout_fails() -> None:
+    """The deadline for READY=1 is its own, not the (short) window's."""
+    judge = notify_judge()
+    assert judge.observe(WINDOW * 2, None).kind == "wait"
+    assert judge.observe(HEALTH_GRACE_S - TICK, None).kind == "wait"
+    verdict = judge.observe(HEALTH_GRACE_S, None)
+    assert verdict.kind == "fail" and "sent no READY=1" in verdict.reason
+
+
+def test_notify_a_late_ready_is_no_rescue_once_failed() -> None:
+    judge = notify_judge()
+    assert judge.observe(HEALTH_GRACE_S, None).kind == "fail"
+    judge.ready(HEALTH_GRACE_S + 0.1)
+    assert judge.observe(WINDOW * 3, None).kind == "fail"
+
+
+def test_notify_probes_before_ready_do_not_count() -> None:
+    """A health URL on a shared socket may be answered by the old agent: ignored until
+    READY; from READY on, the usual rules."""
+    judge = notify_judge(url=URL)
+    assert judge.observe(0.2, True).kind == "wait"
+    assert not judge.record.healthy_seen
+    judge.ready(0.4)
+    kind, n = drive(judge, [True] * 20, start_age=0.4 + TICK)
+    assert (kind, n) == ("commit", 10)
+
+
+def test_notify_unhealthy_after_ready_fails_as_before() -> None:
+    judge = notify_judge(url=URL)
+    judge.ready(0.0)
+    kind, n = drive(judge, [True] * 3 + [False] * UNHEALTHY_PROBES)
+    assert (kind, n) == ("fail", 3 + UNHEALTHY_PROBES)
+
+
+@pytest.mark.parametrize("last_ping", [0.0, 0.5, 1.0])
+def test_notify_stopped_watchdog_pings_fail(last_ping: float) -> None:
+    judge = notify_judge(watchdog_s=0.5)
+    judge.ready(0.0)
+    for t in [x / 10 for x in range(0, int(last_ping * 10) + 1)]:
+        judge.watchdog(t)
+        assert judge.observe(t, None).kind == "wait"
+    assert judge.observe(last_ping + 0.5, None).kind == "wait"  # exactly the limit: not yet
+    verdict = judge.observe(last_ping + 0.6, None)
+    assert verdict.kind == "fail" and "stopped its WATCHDOG=1 pings" in verdict.reason
+
+
+def test_notify_steady_pings_commit() -> None:
+    judge = notify_judge(watchdog_s=0.5)
+    judge.ready(0.0)
+    verdict = None
+    for n in range(1, 30):
+        judge.watchdog(n * TICK)
+        verdict = judge.observe(n * TICK, None)
+        if verdict.kind != "wait":
+            break
+    assert verdict is not None and verdict.kind == "commit"
+
+
+def test_notify_a_child_that_never_pings_is_judged_without_the_watchdog() -> None:
+    judge = notify_judge(watchdog_s=0.5)
+    judge.ready(0.0)
+    assert judge.observe(WINDOW, None).kind == "commit"
+
+
+def test_notify_a_restarted_child_must_be_ready_again() -> None:
+    judge = notify_judge(watchdog_s=0.5)
+    judge.ready(0.0)
+    judge.watchdog(0.5)
+    assert judge.observe(1.0, None).kind == "wait"
+    judge.child_started()  # a new run: no READY, no pings carried over
+    assert judge.ready_at is None and judge.pinged_at is None
+    assert judge.observe(0.2, None).kind == "wait"
+    assert judge.record.run_time_s == pytest.approx(1.0)  # the first run's time is kept
+    judge.ready(0.3)
+    assert judge.observe(0.3 + WINDOW - 1.0 - TICK, None).kind == "wait"
+    assert judge.observe(0.3 + WINDOW - 0.9, None).kind == "commit"
+
+
+def test_notify_an_exit_counts_window_time_from_ready() -> None:
+    judge = notify_judge()
+    judge.ready(1.0)
+    verdict = judge.child_exited("exited 1", 1.5)
+    assert verdict.kind == "fail" and judge.record.run_time_s == pytest.approx(0.5)
+
+
+def test_health_mode_ignores_ready_and_pings() -> None:
+    judge = TrialJudge(fresh(), WINDOW, health_url=None, watchdog_s=0.5)
+    judge.watchdog(0.0)
+    assert judge.observe(WINDOW, None).kind == "commit"
