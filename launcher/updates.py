@@ -100,6 +100,11 @@ class Updates:
             return
         assert res.state.trial is not None
         self.judge = self._judge(res.state.trial)
+        # A build is applied only from a committed state, so an agent still on its way out
+        # is a rolled-back build serving until the restored one was ready: stop it now, so
+        # that the restored agent (the build at agent.old) is what the new one takes over
+        # from, and what a rollback of the new one takes back.
+        res.keeper.finish_handover()
         self.start_agent(overlap=self.overlap)
         res.fault("trial.started")
 

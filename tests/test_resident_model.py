@@ -88,6 +88,9 @@ class ResidentModel(RuleBasedStateMachine):
         # The simulated world needs no durability (test_durability and test_power_loss test
         # it for real): without fsync a run costs CPU, not the disk's flush queue.
         self.patches = [mock.patch("launcher.files.os.fsync", lambda fd: None),
+                        # Simulated processes have no process groups: a sender is itself.
+                        mock.patch("launcher.notifyd.belongs_to",
+                                   lambda sender, agent: sender == agent),
                         mock.patch("launcher.health.probe", self.probe),
                         mock.patch("launcher.control.ControlServer",
                                    side_effect=OSError("not in the model"))]
@@ -350,3 +353,24 @@ class TestOverlapModel(OverlapModel.TestCase):  # type: ignore[misc,valid-type]
 @pytest.mark.timeout(1800)
 class TestOverlapModelLong(OverlapModel.TestCase):  # type: ignore[misc,valid-type]
     settings = _runs(200)
+
+
+def test_an_update_during_a_rollback_hand_over_keeps_the_restored_agent() -> None:
+    """Found by the overlap model once hold/resume joined it: a build applied while a
+    rolled-back agent still served beside the restored one replaced the restored agent and
+    kept the failed one, which the next rollback then took back as the current agent."""
+    model = OverlapModel()
+    try:
+        model.the_agent_dies(1 << 8)
+        model.check_due = True
+        model.a_mute_build_is_staged()  # 2.1.0 on trial beside 1.0.0
+        model.the_operator_rolls_back()  # 1.0.0 restored; 2.1.0 serves until it is ready
+        assert model.sup.keeper.outgoing is not None
+        model.check_due = True
+        model.a_mute_build_is_staged()  # 2.2.0 applied during that hand-over
+        assert [p.build for p in model.alive()] == ["good 1.0.0", "mute 2.2.0"]
+        model.the_operator_rolls_back()
+        model.the_journal_agrees_with_the_files()
+        assert [p.build for p in model.alive()] == ["good 1.0.0"]
+    finally:
+        model.teardown()
