@@ -344,7 +344,7 @@ class _Transfer:
             if not in_body:
                 raise transport_error(self.url, exc) from exc
             raise DownloadError(
-                f"download of {self.url} stalled: no data for {timeout.read:g}s"
+                f"download of {self.url} stalled: no data for {timeout.read:.3g}s"
             ) from exc
         except httpx.RemoteProtocolError as exc:
             if in_body and announced is not None and self.received < announced:
