@@ -107,7 +107,8 @@ def _command(state: State, request: dict[str, object], at: str) -> tuple[State, 
                        else "was not held; nothing to resume"}
     if cmd in ("pin", "install"):
         version = request.get("version")
-        if not isinstance(version, str) or not layout.safe_name(version):
+        if not isinstance(version, str) or not layout.safe_name(version) \
+                or not layout.is_version(version):
             return state, _bad(f"{version!r} is not a version")
         if cmd == "pin":
             return _set(state, pin=version, pin_set={"by": by, "at": at}), {
@@ -127,7 +128,9 @@ def _command(state: State, request: dict[str, object], at: str) -> tuple[State, 
 def who_asked(request: dict[str, object]) -> str:
     """Who to journal: the name the CLI gives, checked against the uid the kernel reports
     for the control socket's peer (when the request came over it)."""
-    said = str(request.get("by") or "unknown")[:100]
+    # Printable text only: a name with a newline or an escape code would forge log lines.
+    said = "".join(c if c.isprintable() else "?" for c in str(request.get("by") or "unknown"))
+    said = said[:100]
     uid = request.get("peer_uid")
     if not isinstance(uid, int) or isinstance(uid, bool):
         return said

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from launcher import layout
 from launcher import trust as trusted
-from launcher.errors import BlockedError, ConfigError, ManifestError
+from launcher.errors import BlockedError, ConfigError, ExpiredError, ManifestError
 from launcher.sources.base import Validators
 
 if TYPE_CHECKING:
@@ -50,7 +50,14 @@ def run(request: dict[str, Any], s: dict[str, Any], client: httpx.Client,
         raise ManifestError(f"no manifest at {url}")
     keys = worker.verify_signature(source, fetched.body, s)
     manifest = parse_manifest(fetched.body)
-    check_not_expired(manifest, now())
+    # Expiry is the freshness of what a channel says is current; a release the operator
+    # names is not a claim about now, and every release's manifest expires within 30 days
+    # of its signing by default. Its signature, serial record and checksums still apply.
+    try:
+        check_not_expired(manifest, now())
+    except ExpiredError as exc:
+        log.warning("install of %s: %s; installing it anyway, as the operator named it",
+                    version, exc)
     floor = trusted.floor(request.get("trust"), keys.trusted, s.get("min_serial"))
     trusted.check_install(manifest, version, floor, required=keys.signer != trusted.UNSIGNED)
     binary = manifest.binary_for(s["platform"])

@@ -19,6 +19,16 @@ STABLE = "stable"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+!-]{0,63}")
 
 
+# PEP 440 as release tools write it (no epoch): 1.4, 1.4.2rc1, 1.4.2.post1, 3.46.3+bea5943.
+_PEP440 = re.compile(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?"
+                     r"(\+[a-z0-9]+(\.[a-z0-9]+)*)?", re.IGNORECASE)
+
+
+def is_version(text: str) -> bool:
+    """A version ``packaging`` will parse (checked without it: the resident is stdlib)."""
+    return bool(_PEP440.fullmatch(text))
+
+
 def safe_name(text: str) -> bool:
     """A channel or version that can name a directory: no '/', no '..', not too long."""
     return bool(_NAME.fullmatch(text)) and ".." not in text

@@ -69,7 +69,8 @@ class JsonFormatter(logging.Formatter):
             "process": self.process,
             "logger": record.name,
         }
-        args = record.args if isinstance(record.args, tuple) else ()
+        args = getattr(record, "fields", record.args)  # redacted ones, when redaction ran
+        args = args if isinstance(args, tuple) else ()
         for name, value in zip(names, args, strict=False):
             obj.setdefault(name, value if isinstance(value, int | float) and not isinstance(
                 value, bool) else redact(str(value)))

@@ -60,7 +60,8 @@ def decide(
     sha = candidate_sha256.lower()
     bad_reason = f"{candidate} (sha256 {sha[:8]}…) is marked bad"
     for pin in pins:  # launcher.controls: an operator's cap, before anything else
-        if wanted > Version(pin):
+        if Version(wanted.public) > Version(Version(pin).public):  # a build's local part
+            # names a build of that version, not a higher one
             return Decision("none", f"{candidate} is above the pin {pin}")
     if current is None:
         if is_bad(candidate, sha, bad):

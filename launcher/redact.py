@@ -33,6 +33,12 @@ def add_secret(secret: str) -> None:
         _SECRETS.add(secret)
 
 
+# ``user:password@`` whose password holds an unencoded ``/``, ``?`` or ``#`` (which ends the
+# authority for urlsplit): everything from the ``:`` after the user to the last ``@`` of the
+# token is the password.
+_LOOSE_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]+:)[^\s'\"]*@")
+
+
 def redact(text: str) -> str:
     """``text`` with the userinfo and every query value of each URL in it masked, and every
     secret registered with :func:`add_secret`."""
@@ -40,6 +46,7 @@ def redact(text: str) -> str:
         text = text.replace(secret, MASK)
     if "://" not in text:
         return text
+    text = _LOOSE_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
@@ -76,6 +83,9 @@ class RedactFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.template = record.msg  # the event it stands for (launcher.logformat)
+            if isinstance(record.args, tuple):  # its fields, redacted (launcher.logformat)
+                record.fields = tuple(redact(a) if isinstance(a, str) else a
+                                      for a in record.args)
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
             # A traceback quotes exception messages (an httpx error names its URL): format it

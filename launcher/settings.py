@@ -193,9 +193,10 @@ def _hold(text: str) -> str | None:
 def _pin(text: str) -> str:
     from launcher import layout
 
-    if not layout.safe_name(text) or not text[:1].isdigit():
-        raise ValueError(f"{text!r} is not a version")
+    if not layout.safe_name(text) or not layout.is_version(text):
+        raise ValueError(f"{text!r} is not a version (e.g. 1.4.2)")
     return text
+
 
 
 def _proxy(text: str) -> str:
@@ -206,7 +207,9 @@ def _proxy(text: str) -> str:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"{redact(text)!r} is not a valid proxy URL: {exc}") from None
+        # Not the parser's words: they quote the text it choked on, a password's start maybe.
+        raise ValueError(f"{redact(text)!r} is not a valid proxy URL (its port, or "
+                         f"'/', '?' or '#' not percent-encoded before the host)") from exc
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"{redact(text)!r}: use http://HOST:PORT (https origins are "
                          "tunnelled through it with CONNECT) or 'env'")
@@ -417,8 +420,9 @@ def _validate_proxy_environment(env: Mapping[str, str]) -> None:
             parts = urlsplit(url)
             parts.port  # noqa: B018 (a bad port raises here)
         except ValueError as exc:
-            raise ConfigError(f"--proxy env: {name} {redact(url)!r} is not a valid URL: "
-                              f"{exc}") from exc
+            raise ConfigError(f"--proxy env: {name} {redact(url)!r} is not a valid URL "
+                              "(its port, or '/', '?' or '#' not percent-encoded before the "
+                              "host)") from exc
         if parts.scheme != "http" or not parts.hostname:
             raise ConfigError(f"--proxy env: {name} {redact(url)!r}: only http:// proxies "
                               "are supported (https origins go through CONNECT)")

@@ -96,9 +96,12 @@ def run_check(
             result = _check(request, s, client, now)
     except LauncherError as exc:
         log.error("check failed: %s", exc.describe())
+        install = request.get("install")
         result = Result(
             outcome="error", error=exc.describe(), error_kind=exc.kind,
             retry_after_s=getattr(exc, "retry_after_s", None),
+            # A failed install names itself, so the gate counts and settles it.
+            install=install if isinstance(install, str) else None,
         )
     finally:
         if own_client and client is not None:

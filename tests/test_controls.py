@@ -175,3 +175,54 @@ def test_bad_arguments_exit_2_and_record_nothing(args: tuple[str, ...], tmp_path
     out = run_cli(*args, "--state-dir", str(tmp_path))
     assert out.returncode == 2, out
     assert not (tmp_path / "state.json").exists()
+
+
+def test_an_install_that_keeps_failing_is_settled_and_checks_go_on(
+        server: UpdateServer, key: Key, launcher: Callable[..., Launcher],
+        build: Callable[[str], Path]) -> None:
+    """Review: a failed install carried no name in the worker's error, so it was never
+    counted or settled and every later check was the install again. An unpublished version
+    is tried five times in all, then marked failed; the host's checks then go back to the
+    main manifest (and the pin, which the operator set by asking, stays until `unpin`)."""
+    publish(server, "0.1.0", build, key)
+    lch = start(launcher(), server, key, build("0.1.0"))
+    lch.wait_healthy("0.1.0")
+    assert ctl(lch, "install", "0.0.9").returncode == 0
+    st = lch.wait_state(lambda s: (s.get("extra", {}).get("install") or {}).get("state")
+                        == "failed", timeout=40, what="the install settled as failed")
+    assert "404" in st["extra"]["install"]["error"]
+    lch.wait_log("install of 0.0.9 refused")
+    assert lch.wait_log(r"trying again at the next check \(4 of 5\)")
+    publish(server, "0.1.1", build, key)
+    lch.wait_log(r"0\.1\.1 is above the pin 0\.0\.9")  # the main manifest is read again
+    assert ctl(lch, "unpin").returncode == 0
+    lch.wait_healthy("0.1.1", timeout=30)
+    assert lch.stop() == 0
+
+
+def test_an_expired_release_manifest_can_still_be_installed_by_name(
+        server: UpdateServer, key: Key, launcher: Callable[..., Launcher],
+        build: Callable[[str], Path]) -> None:
+    """Every release's versioned manifest expires (30 days by default): `install` names a
+    release, it makes no claim about what is current, so its expiry does not stop it."""
+    publish(server, "0.1.0", build, key, expires_in_days=1 / 86400)  # expires in 1 s
+    publish(server, "0.1.1", build, key)
+    lch = start(launcher(), server, key, build("0.1.1"))
+    lch.wait_healthy("0.1.1")
+    time.sleep(1.5)  # past 0.1.0's expiry
+    assert ctl(lch, "install", "0.1.0").returncode == 0
+    lch.wait_healthy("0.1.0", timeout=30)
+    assert "installing it anyway, as the operator named it" in lch.log()
+    assert lch.stop() == 0
+
+
+def test_pins_and_names_that_are_not_versions_or_forge_lines_are_refused() -> None:
+    from launcher import controls, layout, policy
+
+    assert not layout.is_version("1.4.x") and layout.is_version("3.46.3+bea5943")
+    assert controls.who_asked({"by": "me\n2026 launcher INFO forged\x1b[31m"}) == \
+        "me?2026 launcher INFO forged?[31m"
+    decision = policy.decide(candidate="3.46.3+bea5943", current="3.46.2", bad=[],
+                             candidate_sha256="a" * 64, cohort=1.0, rollout_percent=None,
+                             pins=["3.46.3"])
+    assert decision.action == "update", decision

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, Launcher
 from hostile import agent_pid, assert_untouched, quick_args, sleeper
 from release_server import ReleaseServer, Route
@@ -113,3 +114,28 @@ def test_userinfo_with_quotes_and_parentheses_is_masked() -> None:
         out = redact(f"GET {url} failed: HTTP 500")
         assert "s3c" not in out and "pa'ss" not in out and "p)a" not in out, out
         assert "***@" in out
+
+
+@pytest.mark.parametrize("password", ["s3cr/etpw", "s3cr#etpw", "s3cr?etpw"])
+def test_a_password_with_an_unencoded_delimiter_is_masked(password: str) -> None:
+    """Review: '/', '#' or '?' in a password ended the authority for urlsplit, so the
+    password's start was shown."""
+    text = f"--proxy env: HTTPS_PROXY 'http://user:{password}@proxy:3128' is not valid"
+    cleaned = redact(text)
+    assert "s3cr" not in cleaned and "etpw" not in cleaned, cleaned
+    assert "proxy:3128" in cleaned
+
+
+def test_json_log_fields_survive_redaction() -> None:
+    """Review: redaction dropped a record's arguments, so JSON lines lost ``reason``."""
+    import logging
+
+    from launcher.logformat import JsonFormatter
+    from launcher.redact import RedactFilter
+
+    record = logging.LogRecord("launcher.worker", logging.ERROR, __file__, 1,
+                               "check failed: %s", ("transport: https://h/v.json?sig=abc",), None)
+    assert RedactFilter().filter(record)
+    line = json.loads(JsonFormatter("worker").format(record))
+    assert "abc" not in json.dumps(line)
+    assert line.get("reason", "").startswith("transport: https://h/v.json?sig="), line
