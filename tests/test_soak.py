@@ -9,6 +9,7 @@ same descriptors as after warm-up, has one thread, no zombie children, no temp f
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,9 +74,14 @@ def _lasting_fds(pid: int) -> set[str]:
     fds = open_fds(pid)
     transient = {f for f in fds if "/.state.json." in f and f.endswith(".tmp")}
     assert len(transient) <= 1, f"journal temp files held open: {sorted(transient)}"
-    # The state directory's own descriptor (journal.fsync_dir) is open for an instant too:
-    # what lasts is what a second look still finds.
-    return (fds - transient) & open_fds(pid)
+    # The state directory's own descriptor (files.fsync_dir) and psutil's /proc reads are
+    # open for an instant too, many times a second with 0.1 s polls and a metrics file: what
+    # lasts is what five looks over 0.2 s all find.
+    lasting = fds - transient
+    for _ in range(4):
+        time.sleep(0.05)
+        lasting &= open_fds(pid)
+    return lasting
 
 
 def _agent(lch: Launcher) -> int | None:
