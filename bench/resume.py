@@ -33,7 +33,7 @@ RUNS = 3
 
 
 def one(server: RangeServer, dest: Path, sha: str, *, resume: bool) -> tuple[int, float]:
-    server.requests.clear()
+    server.forget_requests()
     server.cuts = [CUT]
     client = make_client(allow_http=True)
     started = time.perf_counter()

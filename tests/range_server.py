@@ -34,6 +34,7 @@ class Request:
     if_range: str | None
     status: int
     sent: int  # body bytes sent
+    arrived: float = 0.0  # time.monotonic() when the request came in
 
 
 class RangeServer:
@@ -45,7 +46,7 @@ class RangeServer:
         self.ignore_range = False
         self.bad_range = False
         self.rate_bps: float | None = None
-        self.requests: list[Request] = []
+        self._requests: list[Request] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -69,6 +70,21 @@ class RangeServer:
                     self.cuts.remove(cut)
                     return cut
         return None
+
+    @property
+    def requests(self) -> list[Request]:
+        """What was asked, in the order it arrived (each is recorded once answered, and a
+        slow handler may finish after a later one)."""
+        with self._lock:
+            return sorted(self._requests, key=lambda r: r.arrived)
+
+    def forget_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def record(self, request: Request) -> None:
+        with self._lock:
+            self._requests.append(request)
 
     def url(self, path: str = "/bin/agent") -> str:
         assert self._httpd is not None
@@ -100,6 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        arrived = time.monotonic()
         owner: RangeServer = self.server.owner  # type: ignore[attr-defined]
         size = owner.size
         asked = self.headers.get("Range")
@@ -114,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes */{size}")
             self.send_header("Content-Length", "0")
             self.end_headers()
-            owner.requests.append(Request(self.path, asked, if_range, 416, 0))
+            owner.record(Request(self.path, asked, if_range, 416, 0, arrived))
             return
         status = 206 if start else 200
         self.send_response(status)
@@ -143,6 +160,6 @@ class _Handler(BaseHTTPRequestHandler):
                         break
         except OSError:
             pass
-        owner.requests.append(Request(self.path, asked, if_range, status, sent))
+        owner.record(Request(self.path, asked, if_range, status, sent, arrived))
         if cut is not None:
             self.close_connection = True
