@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,14 @@ from freshness import (
     previous_serial,
     stamp,
 )
-from release_files import MANIFEST_NAME, ReleaseError, load_sign_key, sign, write_atomically
+from release_files import (
+    MANIFEST_NAME,
+    ReleaseError,
+    load_sign_key,
+    run_command,
+    sign,
+    write_atomically,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -117,16 +123,12 @@ def main_promote(argv: list[str]) -> int:
                         help="unencrypted minisign secret key: also write the .minisig")
     freshness_options(parser)
     args = parser.parse_args(argv)
-    try:
-        manifest = promote(args.version, args.release_dir, args.to, sign_key=args.sign_key,
-                           from_channel=args.from_channel, serial=args.serial,
-                           expires_in_days=None if args.no_expires else args.expires_in)
-    except ReleaseError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 1
+    manifest, code = run_command(lambda: promote(
+        args.version, args.release_dir, args.to, sign_key=args.sign_key,
+        from_channel=args.from_channel, serial=args.serial,
+        expires_in_days=None if args.no_expires else args.expires_in))
+    if manifest is None:
+        return code
     print(f"promoted {args.version} to {args.to}: "
           f"{channel_manifest(args.release_dir, args.to)} serial={manifest['serial']} "
           f"expires={manifest.get('expires', 'never')}")

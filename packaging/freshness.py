@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from release_files import (
     MANIFEST_NAME,
     ReleaseError,
     load_sign_key,
+    run_command,
     sign,
     write_atomically,
 )
@@ -171,15 +171,11 @@ def main_resign(argv: list[str]) -> int:
     freshness_options(parser)
     args = parser.parse_args(argv)
     manifest_path: Path = args.manifest or args.release_dir / MANIFEST_NAME
-    try:
-        manifest = resign_manifest(manifest_path, args.sign_key, serial=args.serial,
-                                   expires_in_days=None if args.no_expires else args.expires_in)
-    except ReleaseError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 1
+    manifest, code = run_command(lambda: resign_manifest(
+        manifest_path, args.sign_key, serial=args.serial,
+        expires_in_days=None if args.no_expires else args.expires_in))
+    if manifest is None:
+        return code
     print(f"re-signed {manifest_path} version={manifest['version']} serial={manifest['serial']} "
           f"expires={manifest.get('expires', 'never')}")
     return 0

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CHUNK = 1 << 20
 MANIFEST_NAME = "version.json"
@@ -19,6 +22,20 @@ MANIFEST_NAME = "version.json"
 
 class ReleaseError(Exception):
     """A release that cannot be published as asked (the caller's input is at fault)."""
+
+
+def run_command(action: Callable[[], T],
+                failures: tuple[type[BaseException], ...] = (OSError,)) -> tuple[T | None, int]:
+    """A release command's result and exit status: 2 (and the error on stderr) when the
+    input is at fault (:class:`ReleaseError`), 1 for one of ``failures``, else 0."""
+    try:
+        return action(), 0
+    except ReleaseError as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return None, 2
+    except failures as exc:
+        print(f"release-local: error: {exc}", file=sys.stderr)
+        return None, 1
 
 
 def fsync_dir(path: Path) -> None:

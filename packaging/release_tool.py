@@ -93,6 +93,7 @@ from release_files import (
     fsync_dir,
     load_sign_key,
     read_chunks,
+    run_command,
     sign,
     write_atomically,
 )
@@ -425,17 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.assets_dir is not None:
         return _main_assets(args)
     release_dir: Path = args.release_dir
-    try:
-        manifest = publish(args.version, release_dir, args.base_url, binary=args.binary,
-                           sign_key=args.sign_key, serial=args.serial, channel=args.channel,
-                           delta_from=args.delta_from,
-                           expires_in_days=None if args.no_expires else args.expires_in)
-    except ReleaseError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 1
+    manifest, code = run_command(lambda: publish(
+        args.version, release_dir, args.base_url, binary=args.binary, sign_key=args.sign_key,
+        serial=args.serial, channel=args.channel, delta_from=args.delta_from,
+        expires_in_days=None if args.no_expires else args.expires_in))
+    if manifest is None:
+        return code
     for platform, entry in manifest["binaries"].items():
         path = release_dir / "bin" / args.version / f"agent-{platform}"
         print(f"published {path} sha256={entry['sha256']} size={entry['size']}")
@@ -451,35 +447,22 @@ def main(argv: list[str] | None = None) -> int:
 def _main_oci(args: argparse.Namespace) -> int:
     from oci_release import PushError
 
-    try:
-        publish_oci(args.version, push_urls=tuple(args.oci_push or ()),
-                    layout_dir=args.oci_layout,
-                    binary=args.binary, sign_key=args.sign_key,
-                    credentials=args.registry_credentials, ca_file=args.ca_file,
-                    serial=args.serial,
-                    expires_in_days=None if args.no_expires else args.expires_in)
-    except ReleaseError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 2
-    except (PushError, OSError) as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    _, code = run_command(lambda: publish_oci(
+        args.version, push_urls=tuple(args.oci_push or ()), layout_dir=args.oci_layout,
+        binary=args.binary, sign_key=args.sign_key, credentials=args.registry_credentials,
+        ca_file=args.ca_file, serial=args.serial,
+        expires_in_days=None if args.no_expires else args.expires_in), (PushError, OSError))
+    return code
 
 
 def _main_assets(args: argparse.Namespace) -> int:
-    try:
-        manifest = write_assets(args.version, args.assets_dir, github_repo=args.github_repo,
-                                base_url=args.base_url, binary=args.binary,
-                                sign_key=args.sign_key, serial=args.serial,
-                                delta_from=args.delta_from,
-                                expires_in_days=None if args.no_expires else args.expires_in)
-    except ReleaseError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"release-local: error: {exc}", file=sys.stderr)
-        return 1
+    manifest, code = run_command(lambda: write_assets(
+        args.version, args.assets_dir, github_repo=args.github_repo, base_url=args.base_url,
+        binary=args.binary, sign_key=args.sign_key, serial=args.serial,
+        delta_from=args.delta_from,
+        expires_in_days=None if args.no_expires else args.expires_in))
+    if manifest is None:
+        return code
     names = sorted(p.name for p in Path(args.assets_dir).iterdir() if not p.name.startswith("."))
     print(f"assets for v{manifest['version']} in {args.assets_dir}: {', '.join(names)}")
     return 0
