@@ -100,17 +100,23 @@ def bind_over(path: Path, *, read_only: bool) -> None:
             raise OSError(err, f"mount {path} (flags {how:#x}): {os.strerror(err)}")
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs at ``tmp_path/state`` (unmounted after the launcher is gone)."""
+def tmpfs_state(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``1m``) at ``tmp_path/state``, unmounted when the generator is
+    closed (a fixture's teardown: after the launcher is gone)."""
     target = tmp_path / "state"
     target.mkdir()
     try:
-        mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(target))
+        mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(target))
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
         unavailable(f"cannot mount a tmpfs here: {exc}")
     yield target
     subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs at ``tmp_path/state``."""
+    yield from tmpfs_state(tmp_path, "1m")
 
 
 def agent_health(url: str) -> dict[str, Any] | None:

@@ -4,12 +4,11 @@ the check fails with a ``host:`` error and is retried, and a build that fits the
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Launcher, mount, unavailable
+from conftest import Launcher, tmpfs_state
 from hostile import (
     assert_untouched,
     files_in_bin,
@@ -30,14 +29,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def four_mib(tmp_path: Path) -> Iterator[Path]:
-    target = tmp_path / "state"
-    target.mkdir()
-    try:
-        mount("-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(target))
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        unavailable(f"cannot mount a tmpfs here: {exc}")
-    yield target
-    subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+    yield from tmpfs_state(tmp_path, "4m")
 
 
 def test_no_room_means_no_download_and_a_retry(four_mib: Path, tmp_path: Path,
