@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from launcher import install, isolated, policy
+from launcher import install, isolated, ops, policy
 from launcher.child import PipedChild, spawn_piped
 from launcher.errors import HostError
 from launcher.journal import State, utc_iso
@@ -191,6 +191,19 @@ def check_request(settings: dict[str, Any], state: State | None, *, stage: bool,
         "stage": stage,
         "pin": state.extra.get("pin") if state else None,  # launcher.controls
     }
+
+
+def resident_request(s: Settings, state: State, env: dict[str, str]) -> dict[str, Any]:
+    """The worker's request for a check the resident runs. The source token travels in it
+    (over the worker's stdin), never in the worker's environment, which other processes of
+    this user can read."""
+    request = check_request(s.for_worker(), state, stage=True, conditional=True)
+    if token := env.get("GITHUB_TOKEN"):
+        request["settings"] = {**request["settings"], "github_token": token}
+    if s.proxy == "env":  # the worker's environment carries no proxy variables
+        request["settings"] = {**request["settings"],
+                               "proxy_env": ops.proxy_environment(env)}
+    return request
 
 
 def record_check(state: State, result: dict[str, Any], at: str) -> State:

@@ -9,12 +9,14 @@ journal one state, never two copies of it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher import faults, isolated
+from launcher import seed as seeding
 from launcher.child import agent_environ, run_capture
 from launcher.journal import State, new_state, utc_iso
 from launcher.loop import Loop
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from launcher.checks import CheckRunner
     from launcher.keeper import AgentKeeper
 
+log = logging.getLogger(__name__)
 
 class Resident:
     def __init__(self, settings: Settings, env: dict[str, str], wall: Callable[[], float],
@@ -70,6 +73,12 @@ class Resident:
             what += f"; last check failed: {self.state.last_error}"
         return what
 
+    def seed(self) -> None:
+        """Install ``--seed-binary`` when the files and the journal call for it."""
+        assert self.s.seed_binary is not None
+        self.save(seeding.install_seed(self.state, self.s.seed_binary, self.s.bin_dir,
+                                       self.shas, self.run, self.compare))
+
     def save_child(self, what: str) -> None:
         info = self.keeper.info(self.version(), what, self.now_iso())
         self.save(dataclasses.replace(self.state, child=info))
@@ -81,7 +90,10 @@ class Resident:
         return isolated.shas(paths, self.reaper, self.env, self.pid)
 
     def compare(self, a: str, b: str) -> int | None:
-        return isolated.compare(a, b, self.reaper, self.env, self.pid)
+        order = isolated.compare(a, b, self.reaper, self.env, self.pid)
+        if order is None:
+            log.warning("cannot order versions %r and %r", a, b)
+        return order
 
     def run(self, argv: list[str]) -> tuple[int, str]:
         """A binary's ``--version``, without the launcher's settings or credentials."""

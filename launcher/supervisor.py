@@ -150,7 +150,7 @@ class Supervisor:
         if res.state.current is not None and res.state.current.version == "unknown":
             res.save(seeding.learn_version(res.state, s.agent_path, res.run))
         if s.seed_binary is not None and not res.reaper.stop_requested():
-            self._seed()
+            self.res.seed()
         if res.reaper.stop_requested():
             return
         self.keeper.env = {**self.keeper.env, **self.handoff.open(
@@ -178,11 +178,6 @@ class Supervisor:
         res.notify.ready(res.describe())
         if interval := res.notify.watchdog_interval_s():
             self._watchdog(interval)
-
-    def _seed(self) -> None:
-        assert self.s.seed_binary is not None
-        self.res.save(seeding.install_seed(self.res.state, self.s.seed_binary, self.s.bin_dir,
-                                           self.res.shas, self.res.run, self._compare))
 
     def _watchdog(self, interval: float) -> None:
         self.res.notify.watchdog()
@@ -257,7 +252,7 @@ class Supervisor:
         self.updates.end_trial()
         self.res.save(install.recover(self.state, self.s.bin_dir, self.res.shas))
         if self.state.current is None and self.s.seed_binary is not None:
-            self._seed()
+            self.res.seed()
         if self.state.current is not None and self.s.agent_path.exists():
             self._start_agent()
             return True
@@ -281,16 +276,7 @@ class Supervisor:
     # ---- update checks ------------------------------------------------------------
 
     def _check_request(self) -> dict[str, Any]:
-        """The worker's request; the source token travels in it (over the worker's stdin),
-        never in the worker's environment, which other processes of this user can read."""
-        request = checks.check_request(self.s.for_worker(), self.state, stage=True,
-                                       conditional=True)
-        if token := self.res.env.get("GITHUB_TOKEN"):
-            request["settings"] = {**request["settings"], "github_token": token}
-        if self.s.proxy == "env":  # the worker's environment carries no proxy variables
-            request["settings"] = {**request["settings"],
-                                   "proxy_env": ops.proxy_environment(self.res.env)}
-        return self.gate.request(request)
+        return self.gate.request(checks.resident_request(self.s, self.state, self.res.env))
 
     def _on_scheduled(self, delay: float) -> None:
         self.res.save(dataclasses.replace(self.state, next_check_at=self.res.now_iso(delay)))
@@ -317,9 +303,3 @@ class Supervisor:
         if request.get("cmd") in controls.COMMANDS:
             return self.gate.command(request)
         return self.updates.command(request)
-
-    def _compare(self, a: str, b: str) -> int | None:
-        order = self.res.compare(a, b)
-        if order is None:
-            log.warning("cannot order versions %r and %r", a, b)
-        return order
