@@ -82,6 +82,9 @@ ln -s /opt/nginx-manager-agent/venv/bin/nginx-manager-launcher "$root/usr/bin/ng
 
 install -D -m 0644 "$repo/systemd/nginx-manager-agent.service" \
     "$root/lib/systemd/system/nginx-manager-agent.service"
+# Shipped disabled: an operator who wants systemd to hold the agent's port enables it.
+install -D -m 0644 "$repo/systemd/nginx-manager-agent.socket" \
+    "$root/lib/systemd/system/nginx-manager-agent.socket"
 # The conffile is the example with the package's own seed switched on.
 install -d "$root/etc/nginx-manager"
 sed 's|^# seed_binary = "/opt/nginx-manager-agent/agent"$|seed_binary = "/opt/nginx-manager-agent/agent"|' \

@@ -50,6 +50,7 @@ def test_package_is_named_and_laid_out_as_documented(deb: Path, tmp_path: Path) 
         assert owners == {("root", "root", 0, 0)}
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     for path in ("./lib/systemd/system/nginx-manager-agent.service",
+                 "./lib/systemd/system/nginx-manager-agent.socket",
                  "./etc/nginx-manager/launcher.toml", "./usr/bin/nginx-manager-launcher",
                  "./opt/nginx-manager-agent/agent", f"{VENV_SITE}/launcher/cli.py",
                  f"{VENV_SITE}/httpx/__init__.py", "./usr/share/doc/nginx-manager-agent/copyright"):

@@ -10,11 +10,13 @@ unit, hardening included, is what runs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from platforms.machine import Machine
 pytestmark = pytest.mark.timeout(300)
 
 UNIT = "nginx-manager-agent.service"
+SOCKET = "nginx-manager-agent.socket"
 SEED = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 CLAIMED_SCORE = 1.1  # README, docs/RELIABILITY.md; tests/test_systemd_unit.py offline
 TIMEOUT_STOP_S = 30
@@ -233,6 +236,79 @@ def test_ready_update_and_rollback_in_place(host: Host, build: Any, tmp_path: Pa
     shown = host.show("MainPID", "NRestarts", "ActiveState")
     assert (shown["MainPID"], shown["NRestarts"], shown["ActiveState"]) == (
         str(pid), "0", "active")
+
+
+class Load:
+    """New connections to the agent's port from the host, one ``GET /healthz`` each, every
+    ``interval_s``; every refusal, reset, timeout or non-200 answer is kept."""
+
+    def __init__(self, port: int, interval_s: float = 0.005) -> None:
+        self.port, self.interval_s = port, interval_s
+        self.failures: list[str] = []
+        self.versions: dict[str, int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval_s):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", "/healthz")
+                answer = conn.getresponse()
+                body = answer.read()
+                if answer.status != 200:
+                    self.failures.append(f"HTTP {answer.status}")
+                    continue
+                version = str(json.loads(body).get("version"))
+                self.versions[version] = self.versions.get(version, 0) + 1
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.failures.append(repr(exc))
+            finally:
+                conn.close()
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(10)
+
+
+def test_socket_activation_holds_the_port_through_update_and_rollback(
+        host: Host, build: Any, tmp_path: Path) -> None:
+    """The shipped .socket unit: systemd binds the agent's port, the launcher takes it over
+    and hands it to every agent generation. Under a steady load of new connections an update
+    and a rollback (overlap hand-over, READY from the agent) refuse or fail none."""
+    port = host.health_port
+    host.m.write(f"/etc/systemd/system/{SOCKET}.d/test.conf",
+                 f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n")
+    conf = host.m.root / "etc/nginx-manager/launcher.toml"
+    conf.write_text(conf.read_text() + 'ready = "notify"\nhandover = "overlap"\n')
+    host.m.run("systemctl", "daemon-reload")
+    host.m.run("systemctl", "enable", "--now", SOCKET)
+    host.m.run("systemctl", "start", UNIT)
+    host.wait_version(SEED)
+    journal = host.journal()
+    assert "took over 1 socket(s) from systemd" in journal
+    assert "serving on 1 inherited socket(s) (LISTEN_FDS: health)" in journal
+    pid = host.main_pid()
+
+    with Load(port) as load:
+        time.sleep(1.0)
+        host.release.publish("0.2.0", build("0.2.0"))
+        host.wait_committed("0.2.0")
+        host.release.publish("0.3.0", crashing_build(tmp_path, "0.3.0"))
+        host.wait_journal(r"rolled back to 0\.2\.0")
+        assert host.status()["bad_versions"] == ["0.3.0"]
+        time.sleep(1.0)
+    assert load.failures == [], load.failures[:10]
+    assert load.versions.get(SEED, 0) > 0 and load.versions.get("0.2.0", 0) > 0, load.versions
+    assert sum(load.versions.values()) > 100, load.versions
+    shown = host.show("MainPID", "NRestarts")
+    assert (shown["MainPID"], shown["NRestarts"]) == (str(pid), "0")
+    assert host.m.show(SOCKET, "ActiveState", "SubState") == {
+        "ActiveState": "active", "SubState": "running"}
 
 
 def launcher_processes(m: Machine) -> list[psutil.Process]:
