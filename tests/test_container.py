@@ -242,3 +242,32 @@ def run_briefly(volume: Path, seed: Path) -> str:
     assert started.is_set(), err
     assert proc.returncode == 0, err
     return err
+
+
+def test_held_sockets_in_container_mode_say_they_end_with_the_container(
+        server: UpdateServer, launcher: Callable[..., Launcher], build: Callable[[str], Path],
+        tmp_path: Path, kubelets: list[Kubelet]) -> None:
+    """--listen in a container: said at start that the sockets close with exit 100; an update
+    still exits 100 (today's behaviour), and the restarted container binds the port again and
+    hands it to the new build."""
+    probe = launcher()
+    args = [*fast_args(server, probe), "--listen", f"127.0.0.1:{probe.health_port}",
+            "--seed-binary", str(build("0.1.0")), "--",
+            "run", "--health-addr", "127.0.0.1:0"]
+    kube = Kubelet(tmp_path / "volume", args, tmp_path / "pod.log").start()
+    kubelets.append(kube)
+    probe.log_path = kube.log_path
+    probe.state_dir = kube.volume
+    probe.wait_healthy("0.1.0")
+    assert "container mode: the listening sockets close when the launcher exits 100" \
+        in kube.log()
+    assert "serving on 1 inherited socket(s)" in kube.log()  # the agent, not its own bind
+
+    server.publish("0.1.1", build("0.1.1"))
+    wait_until(lambda: kube.exits == [100], 20, "exit 100 after the swap")
+    probe.wait_healthy("0.1.1")
+    probe.wait_state(lambda s: s.get("phase") == "committed"
+                     and s["current"]["version"] == "0.1.1", what="0.1.1 committed")
+    assert kube.log().count("holding 1 listening socket(s) for the agent") == 2
+    assert kube.log().count("serving on 1 inherited socket(s)") == 2
+    assert kube.delete_pod() == 0
