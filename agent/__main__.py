@@ -1,5 +1,5 @@
 """``python -m agent``."""
 
-from agent.cli import main
+from agent.cli import exit_now, main
 
-raise SystemExit(main())
+exit_now(main())

@@ -65,16 +65,19 @@ class _HealthHTTPServer(ThreadingHTTPServer):
             log.exception("error answering %s", client_address)
 
     def handle_request_noblock(self) -> None:
-        """Accept one connection if one is still queued and hand it to a thread."""
-        try:
-            request, client = self.get_request()
-        except OSError:  # BlockingIOError: the other agent of a hand-over took it
-            return
-        try:
-            self.process_request(request, client)
-        except Exception:
-            self.handle_error(request, client)
-            self.shutdown_request(request)
+        """Accept every connection still queued, each handed to a thread: after a hand-over
+        the queue holds those that waited for this agent, and one ``select`` per
+        connection would drain it slower than they arrive."""
+        while True:
+            try:
+                request, client = self.get_request()
+            except OSError:  # BlockingIOError: queue empty, or the other agent took it
+                return
+            try:
+                self.process_request(request, client)
+            except Exception:
+                self.handle_error(request, client)
+                self.shutdown_request(request)
 
 
 class _HealthHandler(BaseHTTPRequestHandler):

@@ -36,9 +36,9 @@ ARTIFACT_MODE = 0o755
 
 MAIN_PY = '''"""Entry point of the nginx-manager-agent zipapp."""
 
-from agent.cli import main
+from agent.cli import exit_now, main
 
-raise SystemExit(main())
+exit_now(main())
 '''
 
 
