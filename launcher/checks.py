@@ -29,6 +29,9 @@ from launcher.settings import Settings
 log = logging.getLogger(__name__)
 
 WORKER_GRACE_S = 2.0
+# An update check (and the preflight it runs) is background work: it yields the CPU to the
+# agent and whatever else the host serves, which matters most during a hand-over.
+WORKER_NICE = 10
 NEXT, LIMIT = "check.next", "check.limit"
 Result = dict[str, Any]
 
@@ -113,7 +116,7 @@ class CheckRunner:
         return {self.worker.proc.pid} if self.worker is not None else set()
 
     def _start(self) -> None:
-        argv = isolated.argv("launcher.worker", parent=self.parent)
+        argv = isolated.argv("launcher.worker", parent=self.parent, nice=WORKER_NICE)
         try:
             self.worker = spawn_piped("update check", argv, isolated.worker_environ(self.env),
                                       self.loop.reaper, self.loop, self.epoch,

@@ -32,16 +32,20 @@ Handler = Callable[[dict[str, object]], dict[str, object]]
 def rollback(
     state: State, bin_dir: Path, journal: Journal, reason: str, at: str,
     fault: faults.FaultHook | None = None, shas: install.Hasher = install.file_shas,
+    *, checked: bool = False,
 ) -> tuple[State, bool]:
     """Mark ``current`` bad and put ``previous`` back; (new state, whether it rolled back).
 
     Without another build to go back to (``install.rollback_refusal``) nothing changes
-    and the answer is False.
+    and the answer is False. ``checked``: the caller has just asked ``rollback_refusal``
+    (the resident does, before it stops the agent, so that hashing both builds is not
+    time in which no agent serves).
 
     The bad mark is journaled before any file moves, so it survives a kill at any step.
     """
     failed, target = state.current, state.previous
-    if failed is None or target is None or install.rollback_refusal(state, bin_dir, shas):
+    if failed is None or target is None or (
+            not checked and install.rollback_refusal(state, bin_dir, shas)):
         return state, False
     state = state.with_bad(failed, reason, at)
     state = journal.save(dataclasses.replace(state, phase="rolling_back", rollback_to=target))

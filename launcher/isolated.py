@@ -23,12 +23,14 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4  # 0: the helper's /proc files (environ, fd, mem) are root's only
 
-# Runs before the helper's module: leave the launcher's working directory for /, die with
-# the parent (checked after arming, since the parent may have died first), then run the
-# module as __main__.
+# Runs before the helper's module: leave the launcher's working directory for /, lower its
+# CPU priority when asked (before its imports, which are most of its CPU), die with the
+# parent (checked after arming, since the parent may have died first), then run the module
+# as __main__.
 _BOOT = (
     "import ctypes,os,runpy,signal,sys;"
     "os.chdir('/');"
+    "os.nice({nice});"
     "p=int(sys.argv.pop(1));"
     "ctypes.CDLL(None).prctl({pdeath},signal.SIGKILL,0,0,0);"
     "os.getppid()==p or os._exit(1);"
@@ -39,9 +41,10 @@ _BOOT = (
 )
 
 
-def argv(module: str, *args: str, parent: int) -> list[str]:
-    """``python -I -c BOOT PARENT_PID MODULE ARGS...``."""
-    boot = _BOOT.format(pdeath=PR_SET_PDEATHSIG, dumpable=PR_SET_DUMPABLE, root=PACKAGE_ROOT)
+def argv(module: str, *args: str, parent: int, nice: int = 0) -> list[str]:
+    """``python -I -c BOOT PARENT_PID MODULE ARGS...``; ``nice``: added to its niceness."""
+    boot = _BOOT.format(pdeath=PR_SET_PDEATHSIG, dumpable=PR_SET_DUMPABLE, root=PACKAGE_ROOT,
+                        nice=int(nice))
     return [sys.executable, "-I", "-c", boot, str(parent), module, *args]
 
 

@@ -227,24 +227,27 @@ class Updates:
         res.save_child("running")
         res.checks.resume()
 
-    def rollback(self, reason: str) -> None:
+    def rollback(self, reason: str, *, checked: bool = False) -> None:
         """Put ``agent.old`` back, mark the failed build bad, restart the agent. With no
         other build to go back to, the failed one is marked bad and kept; either way the
-        checks go on, so a fixed release can install."""
+        checks go on, so a fixed release can install. ``checked``: the caller has
+        just found that ``install.rollback_refusal`` has no objection."""
         res = self.res
         self.end_trial()
         failed = res.state.current
         assert failed is not None
         res.state = controls.trial_ended(res.state, failed, False, reason, res.now_iso())
         res.checks.epoch += 1
-        refusal = install.rollback_refusal(res.state, res.s.bin_dir, res.shas)
+        refusal = None if checked else install.rollback_refusal(res.state, res.s.bin_dir,
+                                                                res.shas)
         ok = False
         if refusal is None:
             if not self.overlap:
                 res.keeper.stop()
             try:
                 res.state, ok = control.rollback(res.state, res.s.bin_dir, res.journal, reason,
-                                                 res.now_iso(), res.fault_hook, res.shas)
+                                                 res.now_iso(), res.fault_hook, res.shas,
+                                                 checked=True)
             except OSError as exc:  # bin/ read-only or gone: nothing moved
                 refusal = f"cannot rename agent.old back: {exc.strerror or exc}"
                 res.state = dataclasses.replace(res.state, rollback_to=None,
@@ -277,7 +280,7 @@ class Updates:
                 return {"ok": False, "refused": True, "error": refusal}
             failed = res.state.current
             assert failed is not None
-            self.rollback("rolled back by the operator")
+            self.rollback("rolled back by the operator", checked=True)
             return {"ok": True, "message": f"rolled back from {failed.version} to "
                     f"{res.version()}; {failed.version} is blocked until unblocked"}
         if cmd == "unblock":

@@ -162,7 +162,8 @@ def test_nothing_the_agent_spawned_survives_a_clean_stop(
 
 def test_a_worker_dies_with_its_launcher(launcher: Callable[..., Launcher],
                                          tmp_path: Path) -> None:
-    """A check stuck on a server that never answers ends when the launcher is killed."""
+    """A check stuck on a server that never answers ends when the launcher is killed. It
+    runs at a lower CPU priority than the launcher and its agent (niceness +10)."""
     import socket
 
     with socket.socket() as silent:
@@ -175,6 +176,11 @@ def test_a_worker_dies_with_its_launcher(launcher: Callable[..., Launcher],
                   "--poll-interval", "0.2", "--seed-binary", str(agent), agent_args=())
         worker = wait_until(lambda: _child_with(lch, "launcher.worker"), 15, "a worker")
         assert lch.proc is not None
+        base = psutil.Process(lch.proc.pid).nice()
+        wait_until(lambda: worker.nice() == min(base + 10, 19), 10, "the worker's niceness")
+        sleeper = wait_until(lambda: _child_with(lch, "sleep 100000") or
+                             _child_with(lch, str(tmp_path / "a")), 15, "the agent")
+        assert sleeper.nice() == base
         lch.proc.send_signal(signal.SIGKILL)
         lch.proc.wait(10)
         wait_until(lambda: not worker.is_running()
