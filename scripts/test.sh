@@ -21,6 +21,6 @@ ruff check .
 echo "== mypy (strict)" >&2
 mypy
 echo "== pytest" >&2
-# Two workers: most tests wait on real processes and timers, not the CPU. Tests that mount
+# Three workers: most tests wait on real processes and timers, not the CPU. Tests that mount
 # on the host share one worker (xdist_group "host-mounts"). PYTEST_WORKERS=0 runs serially.
 exec python -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup "$@"
