@@ -17,8 +17,10 @@ repositories under a ``public`` prefix and nothing else; a wrong password is a 4
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -256,3 +258,80 @@ class RegistryProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class CuttingRelay:
+    """A TCP relay on loopback in front of ``target`` (TLS passes through untouched) that
+    closes a connection once it has carried more than ``cuts[0]`` bytes towards the client,
+    then the next cut for the next connection that gets that far. Only a large transfer (a
+    blob) reaches a cut; the registry's small answers pass whole."""
+
+    def __init__(self, target: str, cuts: list[int]) -> None:
+        self.target_host, port = target.rsplit(":", 1)
+        self.target_port = int(port)
+        self.cuts = list(cuts)
+        self.to_client: list[int] = []  # bytes carried towards the client, per connection
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection((self.target_host, self.target_port)) as server:
+            with self._lock:
+                index = len(self.to_client)
+                self.to_client.append(0)
+            up = threading.Thread(target=self._pump, args=(client, server), daemon=True)
+            up.start()
+            with self._lock:
+                cut = self.cuts[0] if self.cuts else None
+            carried = 0
+            while data := _recv(server):
+                if cut is not None and carried + len(data) > cut:
+                    with self._lock:
+                        if self.cuts and self.cuts[0] == cut:
+                            self.cuts.pop(0)
+                    client.sendall(data[:cut - carried])
+                    carried = cut
+                    break
+                client.sendall(data)
+                carried += len(data)
+                with self._lock:
+                    self.to_client[index] = carried
+            with self._lock:
+                self.to_client[index] = carried
+            for s in (client, server):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            up.join(5)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        while data := _recv(src):
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def __enter__(self) -> CuttingRelay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+        self._thread.join(5)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""

@@ -9,13 +9,14 @@ It sends ETag and Last-Modified, answers ``Range: bytes=N-`` with 206 and ``Cont
 ``cuts`` (absolute byte offsets; each response that reaches the next one closes the
 connection there), ``ignore_range`` (always 200), ``bad_range`` (206 that starts at byte 0
 whatever was asked), ``rate_bps`` (a slow link), ``etag`` (change it to simulate a new file
-behind the same URL). Every request's Range / If-Range is kept in ``requests``. Used by the
-tests and by ``bench/resume.py``.
+behind the same URL). Every request's Range / If-Range is kept in ``requests``. With an
+``ssl_context`` it serves https. Used by the tests and by ``bench/resume.py``.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ class Request:
 
 
 class RangeServer:
-    def __init__(self, content: bytes | Path, etag: str = '"v1"') -> None:
+    def __init__(self, content: bytes | Path, etag: str = '"v1"',
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.content = content
+        self.ssl_context = ssl_context
         self.etag = etag
         self.last_modified = "Tue, 01 Dec 2026 10:00:00 GMT"
         self.cuts: list[int] = []
@@ -88,11 +91,15 @@ class RangeServer:
 
     def url(self, path: str = "/bin/agent") -> str:
         assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}{path}"
 
     def __enter__(self) -> RangeServer:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         httpd.daemon_threads = True
+        if self.ssl_context is not None:  # handshakes in the handler threads, as release_server
+            httpd.socket = self.ssl_context.wrap_socket(
+                httpd.socket, server_side=True, do_handshake_on_connect=False)
         httpd.owner = self  # type: ignore[attr-defined]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)

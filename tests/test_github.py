@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,8 @@ import psutil
 import pytest
 from conftest import Launcher, https_args, run_cli, wait_until
 from fake_github import FakeGitHub
-from release_server import Route
+from range_server import RangeServer
+from release_server import Route, tls_context
 
 from launcher.errors import ManifestError, SignatureError, TransportError
 from launcher.sources.base import Validators
@@ -237,6 +239,32 @@ def test_latest_release_installs_through_the_launcher(
     assert all("Authorization" not in r.headers for r in downloads)
     assert TOKEN not in (lch.state_dir / "state.json").read_text()
     assert lch.stop() == 0
+
+
+def test_a_cut_asset_download_resumes_through_the_launcher(
+        gh: FakeGitHub, ca: Any, ca_file: Path, launcher: Callable[..., Launcher],
+        build: Callable[[str], Path]) -> None:
+    """API mode: the asset's bytes come (github.com 302, objects host 302) from a server that
+    cuts the first transfer; the same check resumes it with a Range request through both
+    redirects again, and the build installs without being sent twice."""
+    data = build("0.1.1").read_bytes()
+    cut = len(data) // 3
+    release = gh.add_release("v0.1.1", agent_assets(data))
+    with RangeServer(data, ssl_context=tls_context(ca)) as objects:
+        objects.cuts = [cut]
+        assert release["assets"][0]["name"] == "agent-linux-amd64"
+        gh.objects.publish(f"/github-production-release-asset/{release['id']}/0",
+                           Route.redirect(objects.url("/asset")))
+        lch = start(launcher, build("0.1.0"), api_args(gh), ca_file)
+        lch.wait_healthy("0.1.1")
+        lch.wait_state(lambda s: s.get("phase") == "committed", what="0.1.1 committed")
+        assert lch.stop() == 0
+    assert [(r.status, r.range, r.if_range) for r in objects.requests] == [
+        (200, None, None), (206, f"bytes={cut}-", '"v1"')]
+    assert sum(r.sent for r in objects.requests) == len(data)
+    # Logged under the URL the manifest names; each resumed request starts there again.
+    assert re.search(rf"resuming \S+/releases/download/v0\.1\.1/agent-linux-amd64 at byte {cut}\n",
+                     lch.log()), lch.log()
 
 
 def _worker_environ(lch: Launcher) -> bytes | None:

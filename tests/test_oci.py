@@ -7,7 +7,9 @@ the whole module; each test works in a repository of its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -20,7 +22,8 @@ import oci_release
 import pytest
 import release_tool
 from conftest import ROOT, Launcher, free_port, https_args, run_cli, script_agent
-from oci_registry import RegistryProcess, TokenServer, docker_config
+from hostile import sleeper
+from oci_registry import CuttingRelay, RegistryProcess, TokenServer, docker_config
 from release_server import ReleaseServer, Route, tls_context
 from signing import Key, make_key
 
@@ -283,3 +286,28 @@ def test_blobs_redirected_to_storage_are_fetched_without_the_registry_token(
     assert len(fetched) == 1
     assert all("Authorization" not in r.headers and "authorization" not in r.headers
                for r in storage.requests)
+
+
+def test_a_cut_blob_download_resumes_from_the_registry(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The connection to the registry is cut twice in the middle of the build's blob: each
+    time the download continues with a Range request to the registry itself (the blob's
+    digest is its validator), and the build arrives whole without being sent twice."""
+    big = sleeper(tmp_path, "0.1.1", pad=1 << 20)
+    size = big.stat().st_size
+    push("0.1.1", big, key, creds, ca_file, f"oci://{origin.host}/public/resume:stable")
+    with CuttingRelay(origin.host, cuts=[300_000, 500_000]) as relay, \
+            caplog.at_level(logging.INFO, logger="launcher"):
+        result = stage(settings(f"oci://{relay.host}/public/resume:stable", tmp_path,
+                                ca_file, key))
+    assert result.outcome == "staged", result
+    assert relay.cuts == [], "both cuts happened"
+    staged = tmp_path / "state" / "bin" / Path(result.file).name
+    assert hashlib.sha256(staged.read_bytes()).hexdigest() == result.sha256
+    assert staged.read_bytes() == big.read_bytes()
+    resumed = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert len(resumed) >= 2, resumed
+    assert re.search(r"resumed at byte \d+", caplog.text)
+    # A restart would have carried 300 KB + 500 KB + the whole build; resuming, about one build.
+    assert sum(relay.to_client) < size + 200_000, (relay.to_client, size)
