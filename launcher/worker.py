@@ -32,7 +32,7 @@ from launcher import faults, layout, logformat
 from launcher import trust as trusted
 from launcher.errors import ConfigError, InsecureError, LauncherError, ManifestError, SignatureError
 from launcher.redact import RedactFilter, redact
-from launcher.sources import revalidate
+from launcher.sources import cadir, revalidate
 from launcher.sources.base import Validators
 from launcher.sources.local import LocalSource
 
@@ -94,6 +94,8 @@ def run_check(
                 )
             assert client is not None
             result = _check(request, s, client, now)
+            if own_client:
+                _build_ca_dir(s)
     except LauncherError as exc:
         log.error("check failed: %s", exc.describe())
         install = request.get("install")
@@ -229,9 +231,25 @@ def _not_modified(request: dict[str, Any], s: dict[str, Any],
     if not validators or not revalidate.not_modified(
             layout.channel_url(s["manifest_url"], str(s.get("channel") or layout.STABLE)),
             validators, ca_file=s.get("ca_file"),
-            allow_http=bool(s.get("allow_http")), deadline_s=float(deadline_s)):
+            allow_http=bool(s.get("allow_http")), deadline_s=float(deadline_s),
+            ca_dir=_ca_dir(s)):
         return None
     return _still_fresh(request.get("trust"), validators, now() if now else _utcnow())
+
+
+def _ca_dir(s: dict[str, Any]) -> str | None:
+    """certifi's bundle as a hashed directory, when an earlier full check built it."""
+    if not s.get("state_dir") or urlsplit(str(s.get("manifest_url"))).scheme != "https":
+        return None
+    return cadir.find(str(s["state_dir"]), revalidate.certifi_bundle())
+
+
+def _build_ca_dir(s: dict[str, Any]) -> None:
+    """After a full check over https that a no-change check could answer next time: build
+    the hashed directory it loads instead of the bundle (once per certifi bundle)."""
+    if revalidate.applies(s) and s.get("state_dir") \
+            and urlsplit(str(s["manifest_url"])).scheme == "https":
+        cadir.build(str(s["state_dir"]), revalidate.certifi_bundle())
 
 
 def source_for(s: dict[str, Any], client: httpx.Client, url: str | None = None) -> Source:

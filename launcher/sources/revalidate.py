@@ -5,7 +5,8 @@ Most checks end in "not modified", and importing httpx (with ``http.client`` and
 (``bench/checkcost.py``, docs/PERFORMANCE.md). So before the full check the worker sends
 the request ``HttpSource.fetch`` would send, over a bare socket: the same validators,
 ``User-Agent`` and ``Accept-Encoding: identity`` (``Connection: close``: one request); the
-same trust (certifi's bundle plus ``--ca-file``, the host name checked); https on every hop
+same trust (certifi's bundle, or the same certificates as a hashed directory, plus
+``--ca-file``; the host name checked); https on every hop
 unless plain http is allowed; at most :data:`MAX_REDIRECTS` redirects; each operation's
 timeout capped at the metadata deadline. It reads the response's head only.
 
@@ -53,8 +54,10 @@ def applies(s: Mapping[str, Any]) -> bool:
 
 
 def not_modified(url: str, validators: Validators, *, ca_file: str | None, allow_http: bool,
-                 deadline_s: float) -> bool:
-    """True when the source answered 304 to ``validators`` (directly or after redirects)."""
+                 deadline_s: float, ca_dir: str | None = None) -> bool:
+    """True when the source answered 304 to ``validators`` (directly or after redirects).
+    ``ca_dir``: certifi's bundle as a hashed directory (``launcher.sources.cadir``), which
+    loads only the CA a chain names."""
     headers = {"User-Agent": user_agent(), "Accept": "*/*", "Accept-Encoding": "identity"}
     if validators.etag is not None:
         headers["If-None-Match"] = validators.etag
@@ -69,7 +72,7 @@ def not_modified(url: str, validators: Validators, *, ca_file: str | None, allow
             if left <= 0 or request is None:
                 return False
             until = time.monotonic() + left
-            status, location = (_exchange_tls(parts, request, ca_file, until)
+            status, location = (_exchange_tls(parts, request, ca_file, ca_dir, until)
                                 if parts.scheme == "https" else
                                 _exchange(parts, request, None, until))
             if status == 304:
@@ -145,7 +148,7 @@ def _left(until: float) -> float:
 
 
 def _exchange_tls(parts: SplitResult, request: bytes, ca_file: str | None,
-                  until: float) -> tuple[int, str | None]:
+                  ca_dir: str | None, until: float) -> tuple[int, str | None]:
     """:func:`_exchange` over TLS, trusting certifi's bundle plus ``ca_file`` as make_client
     does. Loading certifi's ~120 certificates is most of an https check's CPU, so with a
     ``ca_file`` the handshake is tried against it alone first: a chain that verifies to one
@@ -159,16 +162,21 @@ def _exchange_tls(parts: SplitResult, request: bytes, ca_file: str | None,
         except ssl.SSLCertVerificationError:
             log.debug("%s: not verified by %s alone; with certifi's bundle too", parts.netloc,
                       ca_file)
-    return _exchange(parts, request, tls_context(ca_file), until)
+    return _exchange(parts, request, tls_context(ca_file, ca_dir=ca_dir), until)
 
 
 @functools.cache
-def tls_context(ca_file: str | None, *, with_certifi: bool = True) -> ssl.SSLContext:
+def tls_context(ca_file: str | None, *, with_certifi: bool = True,
+                ca_dir: str | None = None) -> ssl.SSLContext:
     """make_client's trust, certifi's bundle plus ``ca_file`` when given (or ``ca_file``
-    alone), built once per process."""
+    alone), built once per process; the bundle read from ``ca_dir`` when given."""
     import ssl
 
-    context = ssl.create_default_context(cafile=certifi_bundle() if with_certifi else ca_file)
+    if with_certifi and ca_dir is not None:
+        context = ssl.create_default_context(capath=ca_dir)  # capath: no system store
+    else:
+        context = ssl.create_default_context(
+            cafile=certifi_bundle() if with_certifi else ca_file)
     if with_certifi and ca_file is not None:
         context.load_verify_locations(cafile=ca_file)
     context.set_alpn_protocols(["http/1.1"])
