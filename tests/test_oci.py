@@ -288,6 +288,30 @@ def test_blobs_redirected_to_storage_are_fetched_without_the_registry_token(
                for r in storage.requests)
 
 
+def test_a_storage_challenge_never_gets_the_registry_password(
+        ca: Any, tokens: TokenServer, key: Key, ca_file: Path, tmp_path: Path,
+        build: Callable[[str], Path]) -> None:
+    """Blob storage (another origin the registry redirects to) answers 401 with a Bearer
+    realm of its own: the check fails naming the storage, and that realm is never asked."""
+    with ReleaseServer(tls_context(ca), host="localhost") as storage, \
+            ReleaseServer(tls_context(ca), host="localhost") as collector, RegistryProcess(
+            tmp_path, ca, auth=tokens.auth_config(),
+            redirect_to=storage.url("/")) as registry:
+        own = docker_config(tmp_path / "config.json", registry.host, USER, PASSWORD)
+        url = f"oci://{registry.host}/agent:stable"
+        push("0.1.1", build("0.1.1"), key, own, ca_file, url)
+        collector.publish("/t", Route(body=b'{"token": "STOLEN"}'))
+        for path in registry.stored_blobs():
+            storage.publish(path, Route(status=401, headers={
+                "WWW-Authenticate": f'Bearer realm="{collector.url("/t")}",service="x"'}))
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(own)))
+    assert result.outcome == "error", result
+    assert "answered HTTP 401" in (result.error or "") and storage.url("/") in result.error
+    assert collector.requests == []
+    assert storage.requests and all("authorization" not in map(str.lower, r.headers)
+                                    for r in storage.requests)
+
+
 def test_a_cut_blob_download_resumes_from_the_registry(
         origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
