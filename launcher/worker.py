@@ -274,7 +274,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
           binary: Binary) -> str:
     """Download (or copy, or rebuild from a patch) ``binary`` beside ``bin/agent``, verified;
     the temp file's name."""
-    from launcher import diskspace, preflight
+    from launcher import diskspace, partial, preflight
     from launcher.sources.base import CarriesBinaries
 
     bin_dir = Path(s["state_dir"]) / "bin"
@@ -297,7 +297,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
                    if binary.deltas else None)
         staged = patched or _fetch(
             source, client, s, binary.url, bin_dir, sha256=binary.sha256, size=binary.size,
-            extra={"version": version, "kind": "full"},
+            extra={"version": version, "kind": "full"}, keep=_release_files(binary),
             deadline_s=max(deadline - (time.monotonic() - started), deadline / 2))
     faults.worker_fault("downloaded")
     try:
@@ -305,14 +305,17 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+    partial.prune(bin_dir, keep=staged.name)  # the release's other partials are done with
     log.info("staged %s (sha256 %s) as %s", version, binary.sha256[:12], staged.name)
     return staged.name
 
 
 def _fetch(source: Source, client: httpx.Client, s: dict[str, Any], url: str, bin_dir: Path,
-           *, sha256: str, size: int | None, extra: dict[str, Any], deadline_s: float) -> Path:
+           *, sha256: str, size: int | None, extra: dict[str, Any], deadline_s: float,
+           keep: tuple[str, ...] = ()) -> Path:
     """One file of the release into ``bin_dir``, capped at ``size`` and checked against
-    ``sha256``: copied from a local release, else downloaded (resumable, with progress)."""
+    ``sha256``: copied from a local release, else downloaded (resumable, with progress;
+    the partials of ``keep``, the release's other files, stay for the next check)."""
     from launcher import download
     from launcher.progress import TRANSFER_FILE, Progress
 
@@ -328,8 +331,14 @@ def _fetch(source: Source, client: httpx.Client, s: dict[str, Any], url: str, bi
     return download.download(
         client, url, bin_dir, expected_sha256=sha256, expected_size=size,
         max_bytes=int(s["max_binary_bytes"]), deadline_s=deadline_s,
-        min_speed_bps=float(s["min_speed_bps"]), progress=progress,
+        min_speed_bps=float(s["min_speed_bps"]), progress=progress, keep_partials=keep,
     )
+
+
+def _release_files(binary: Binary) -> tuple[str, ...]:
+    """The sha256s of the files staging ``binary`` may download: the build and its patches.
+    Their partials survive each other, so a slow link resumes both across checks."""
+    return (binary.sha256, *(d.sha256 for d in binary.deltas))
 
 
 def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
@@ -349,6 +358,7 @@ def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version:
     try:
         patch = _fetch(source, client, s, chosen.url, bin_dir, sha256=chosen.sha256,
                        size=chosen.size, extra={"version": version, "kind": "delta"},
+                       keep=_release_files(binary),
                        deadline_s=deadline_s)
         try:
             rebuilt = delta.apply_patch(installed, patch, bin_dir,
