@@ -30,7 +30,14 @@ from urllib.parse import urlsplit
 
 from launcher import faults, layout, logformat
 from launcher import trust as trusted
-from launcher.errors import ConfigError, InsecureError, LauncherError, ManifestError, SignatureError
+from launcher.errors import (
+    ChecksumError,
+    ConfigError,
+    InsecureError,
+    LauncherError,
+    ManifestError,
+    SignatureError,
+)
 from launcher.redact import RedactFilter, redact
 from launcher.sources import revalidate
 from launcher.sources.base import Validators
@@ -127,9 +134,24 @@ def _check(
         from launcher import explicit
 
         return explicit.run(request, s, client, now or _utcnow)
+    source = source_for(s, client)
+    while True:
+        try:
+            return _check_release(request, s, client, source, now)
+        except (ManifestError, ChecksumError, SignatureError) as exc:
+            # A mirror's release that fails verification is skipped like a mirror that is
+            # down: the check starts over from the next host (each mirror at most once).
+            skip = getattr(source, "skip_release_mirror", None)
+            if skip is None or not skip(exc):
+                raise
+
+
+def _check_release(
+    request: dict[str, Any], s: dict[str, Any], client: httpx.Client, source: Source,
+    now: Callable[[], Any] | None,
+) -> Result:
     trust = request.get("trust")
     validators = _validators(request, s)
-    source = source_for(s, client)
     fetched: FetchResult = source.fetch(validators)
     moment = now() if now else _utcnow()
     if fetched.not_modified or fetched.body is None:

@@ -25,7 +25,7 @@ from conftest import ROOT, Launcher, free_port, https_args, run_cli, script_agen
 from hostile import sleeper
 from oci_registry import CuttingRelay, RegistryProcess, TokenServer, docker_config
 from release_server import ReleaseServer, Route, tls_context
-from signing import Key, make_key
+from signing import Key, make_key, sign
 
 from launcher.sources.http import make_client
 from launcher.worker import run_check
@@ -232,6 +232,41 @@ def test_the_mirror_is_asked_first_and_the_origin_is_the_fallback(
         assert fallback.outcome == "staged", fallback
         assert fallback.sha256 == served.sha256
     assert origin_pulls() >= before + 2
+
+
+@pytest.mark.parametrize("wrong", ["other_key", "layer", "old_serial"])
+def test_a_mirror_with_a_wrong_release_is_skipped_for_the_origin(
+        wrong: str, origin: RegistryProcess, mirror: RegistryProcess, key: Key, creds: Path,
+        ca_file: Path, repo: str, tmp_path: Path, build: Callable[[str], Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The mirror serves a release that is whole and consistent but not acceptable: signed
+    by another key, a layer other than the signed build, or a serial below this host's
+    floor. The check warns naming the mirror and stages the origin's release."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    good = release_tool.publish_oci("0.1.2", push_urls=(url,), binary=build("0.1.2"),
+                                    sign_key=key.secret, credentials=creds, ca_file=ca_file,
+                                    serial=2000, log=lambda _: None)
+    at_mirror = f"oci://{mirror.host}/{repo}:stable"
+    if wrong == "layer":  # the origin's signed manifest over another build's layer
+        body = (json.dumps(good, indent=2) + "\n").encode()
+        other = build("0.1.1")
+        builds = {p: (other, hashlib.sha256(other.read_bytes()).hexdigest(),
+                      other.stat().st_size) for p in good["binaries"]}
+        oci_release.push(at_mirror, oci_release.build("0.1.2", builds, body, sign(body, key)),
+                         credentials=None, ca_file=ca_file, log=lambda _: None)
+    else:
+        signer = make_key(tmp_path / "keys", "other") if wrong == "other_key" else key
+        release_tool.publish_oci("0.1.2", push_urls=(at_mirror,), binary=build("0.1.1"),
+                                 sign_key=signer.secret, ca_file=ca_file, serial=1000,
+                                 log=lambda _: None)
+    caplog.set_level(logging.WARNING)
+    result = stage(settings(url, tmp_path, ca_file, key, mirrors=[mirror.host],
+                            registry_credentials=str(creds), min_serial=1500))
+    assert result.outcome == "staged", result
+    staged = tmp_path / "state" / "bin" / str(result.file)
+    assert staged.read_bytes() == build("0.1.2").read_bytes()
+    assert f"mirror {mirror.host} serves a release of {url} that fails verification" \
+        in caplog.text
 
 
 def test_a_tag_moved_after_it_was_resolved_does_not_mix_releases(
