@@ -305,7 +305,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     diskspace.require_room(bin_dir, diskspace.build_size(binary.size, bin_dir, max_bytes),
                            int(s.get("disk_margin_bytes") or 0), version)
     if isinstance(source, CarriesBinaries):  # an OCI registry or bundle: blobs, by digest
-        staged = source.stage_binary(binary, s["platform"], bin_dir, s)
+        staged = source.stage_binary(binary, s["platform"], bin_dir, s, version=version)
     elif urlsplit(binary.url).scheme == "oci":
         raise ManifestError(f"binary URL {binary.url} names a blob of an OCI release: it "
                             "installs only from an OCI registry or layout source")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from oci_registry import CuttingRelay, RegistryProcess, TokenServer, docker_conf
 from release_server import ReleaseServer, Route, tls_context
 from signing import Key, make_key, sign
 
+from launcher.progress import read_transfer
 from launcher.sources.http import make_client
 from launcher.worker import run_check
 
@@ -345,6 +347,55 @@ def test_a_storage_challenge_never_gets_the_registry_password(
     assert collector.requests == []
     assert storage.requests and all("authorization" not in map(str.lower, r.headers)
                                     for r in storage.requests)
+
+
+class _Watching(httpx.HTTPTransport):
+    """The real transport; ``look()`` runs as each chunk of a blob arrives."""
+
+    def __init__(self, look: Callable[[], None], **options: Any) -> None:
+        super().__init__(**options)
+        self.look = look
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if "/blobs/" not in request.url.path:
+            return response
+        inner, look = response.stream, self.look
+
+        class Stream(httpx.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                for chunk in inner:  # type: ignore[union-attr]
+                    yield chunk
+                    look()
+
+            def close(self) -> None:
+                inner.close()  # type: ignore[union-attr]
+
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=Stream(), extensions=response.extensions)
+
+
+def test_a_blob_download_in_flight_is_in_the_transfer_file(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """While the build's blob streams from the registry, ``state_dir/transfer.json`` (what
+    ``status`` shows) names it, as for an http download; the file goes when it is done."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    manifest = push("0.1.1", build("0.1.1"), key, creds, ca_file, url)
+    size = manifest["binaries"]["linux-amd64"]["size"]
+    state = tmp_path / "state"
+    seen: list[dict[str, Any]] = []
+    transport = _Watching(lambda: seen.append(read_transfer(state) or {}),
+                          verify=ssl.create_default_context(cafile=str(ca_file)))
+    with make_client(ca_file=str(ca_file), transport=transport) as client:
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(creds)),
+                       client)
+    assert result.outcome == "staged", result
+    in_flight = [t for t in seen if t.get("total") == size]
+    assert in_flight, seen
+    assert in_flight[0]["version"] == "0.1.1" and in_flight[0]["kind"] == "full"
+    assert f"/v2/{repo}/blobs/sha256:" in in_flight[0]["url"]
+    assert read_transfer(state) is None
 
 
 def test_a_cut_blob_download_resumes_from_the_registry(

@@ -86,7 +86,7 @@ class LayoutSource(ArtifactReader):
         return body
 
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
-                     s: Mapping[str, Any]) -> Path:
+                     s: Mapping[str, Any], *, version: str | None = None) -> Path:
         from launcher import download
 
         layer = self.binary_layer(binary, platform)

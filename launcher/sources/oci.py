@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from launcher.errors import ManifestError, SignatureError, SourceError
+from launcher.redact import redact
 from launcher.sources import artifact
 from launcher.sources.base import FetchResult, Validators
 from launcher.sources.http import METADATA_DEADLINE_S, MIN_SPEED_BPS, status_error
@@ -194,9 +195,11 @@ class OciSource(ArtifactReader):
         return self._each_host(what, one)
 
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
-                     s: Mapping[str, Any]) -> Path:
-        """The build, downloaded beside the target and checked against the signed manifest."""
+                     s: Mapping[str, Any], *, version: str | None = None) -> Path:
+        """The build, downloaded beside the target and checked against the signed manifest,
+        its progress in ``state_dir/transfer.json`` (``status`` shows it) as for http."""
         from launcher import download
+        from launcher.progress import TRANSFER_FILE, Progress
 
         layer = self.binary_layer(binary, platform)
         deadline = float(s["download_deadline_s"])
@@ -209,7 +212,10 @@ class OciSource(ArtifactReader):
                 expected_size=binary.size, max_bytes=int(s["max_binary_bytes"]),
                 deadline_s=max(deadline - (time.monotonic() - start), 0.001),
                 min_speed_bps=float(s["min_speed_bps"]),
-                headers=host.registry.prepare(host.scope))
+                headers=host.registry.prepare(host.scope),
+                progress=Progress(redact(url), binary.size,
+                                  file=Path(s["state_dir"]) / TRANSFER_FILE,
+                                  extra={"version": version, "kind": "full"}))
 
         return self._each_host(f"the {platform} build", one)
 
