@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -167,3 +168,50 @@ def test_delta_from_with_an_oci_release_is_refused(tmp_path: Path, key: Key,
     assert done.returncode == 2, done
     assert "--delta-from is not supported with --oci-push or --oci-layout" in done.stderr
     assert not bundle.exists()
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+ANY = {"mediaType": "a", "digest": "sha256:" + "a" * 64, "size": 1}
+
+
+@pytest.mark.parametrize("index", [
+    json.dumps({"manifests": [{**ANY, "annotations": "x"}, {"annotations": "y"}]}).encode(),
+    json.dumps({"manifests": [{**ANY, "annotations": {
+        "org.opencontainers.image.ref.name": ["stable"]}}, ANY]}).encode(),
+    json.dumps({"manifests": "x"}).encode(),
+    json.dumps({"manifests": [{**ANY, "size": "1"}]}).encode(),
+    b"[]",
+    DEEP,
+], ids=["annotations-string", "ref-name-list", "manifests-string", "size-string", "array",
+        "deep"])
+def test_a_malformed_index_json_is_a_manifest_error(index: bytes, tmp_path: Path) -> None:
+    """Wrong types anywhere in index.json, or nesting too deep for the JSON parser: the
+    check fails with a manifest error, it does not crash."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (bundle / "index.json").write_bytes(index)
+    result = check_bundle(bundle, tmp_path)
+    assert result.outcome == "error" and result.error_kind == "manifest", result
+
+
+def test_a_deeply_nested_release_index_blob_is_a_manifest_error(
+        tmp_path: Path, key: Key, build: Callable[[str], Path]) -> None:
+    """index.json names (by its true digest) a release index nested 100,000 deep."""
+    bundle = tmp_path / "bundle"
+    write_layout(bundle, "0.1.1", build("0.1.1"), key)
+    digest = hashlib.sha256(DEEP).hexdigest()
+    (bundle / "blobs" / "sha256" / digest).write_bytes(DEEP)
+    index = json.loads((bundle / "index.json").read_text())
+    index["manifests"][0].update(digest=f"sha256:{digest}", size=len(DEEP))
+    (bundle / "index.json").write_text(json.dumps(index))
+    result = check_bundle(bundle, tmp_path)
+    assert result.outcome == "error" and result.error_kind == "manifest", result
+    assert "nested too deeply" in (result.error or "")
+
+
+def check_bundle(bundle: Path, tmp_path: Path) -> Any:
+    return run_check({"host_id": "h", "stage": False, "settings": {
+        "manifest_url": f"file://{bundle}", "allow_unsigned": True,
+        "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
+        "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})

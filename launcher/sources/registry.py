@@ -72,7 +72,7 @@ def load_credentials(path: Path | str) -> Credentials:
                           f"{exc.strerror or exc}") from exc
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"--registry-credentials {path} is not valid JSON: {exc}") from exc
     auths = document.get("auths") if isinstance(document, dict) else None
     if not isinstance(auths, dict):
@@ -252,7 +252,7 @@ class Registry:
         try:
             document = json.loads(body)
             token = document.get("token") or document.get("access_token")
-        except (ValueError, UnicodeDecodeError, AttributeError):
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise TransportError(f"the token server at {realm} answered without a token")
