@@ -1,7 +1,8 @@
 """What an unfinished download leaves beside the target, so that the next check resumes it.
 
 A partial is ``bin/.agent.partial-<sha256 prefix>`` (the bytes received, mode 0600) and
-``bin/.agent.partial-<sha256 prefix>.json`` (the URL, the expected sha256 and size, the
+``bin/.agent.partial-<sha256 prefix>.json`` (the URL, or for an OCI blob ``oci:<digest>``
+whichever host serves it, the expected sha256 and size, the
 response's ETag and Last-Modified, and when it was saved). The record is written as soon as a
 response's validators are known, so a worker killed mid-transfer leaves a resumable pair too.
 It is resumed only by a download of the same URL for the same sha256 and size, within

@@ -421,3 +421,34 @@ def test_a_cut_blob_download_resumes_from_the_registry(
     assert re.search(r"resumed at byte \d+", caplog.text)
     # A restart would have carried 300 KB + 500 KB + the whole build; resuming, about one build.
     assert sum(relay.to_client) < size + 200_000, (relay.to_client, size)
+
+
+def test_a_blob_cut_on_the_mirror_resumes_from_the_origin(
+        origin: RegistryProcess, mirror: RegistryProcess, key: Key, creds: Path,
+        ca_file: Path, tmp_path: Path) -> None:
+    """The mirror's connection is cut on every attempt until the mirror is given up: the
+    origin continues the same partial with a Range request (the blob's digest names it on
+    every host), instead of fetching the build again from byte 0."""
+    big = sleeper(tmp_path, "0.1.1", pad=1 << 20)
+    repo = "public/resume-mirror"
+    push("0.1.1", big, key, creds, ca_file, f"oci://{origin.host}/{repo}:stable",
+         f"oci://{mirror.host}/{repo}:stable")
+    build_blob = "/blobs/sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
+    ranges: list[tuple[str, str | None]] = []
+
+    def seen(request: httpx.Request) -> None:
+        if request.url.path.endswith(build_blob):
+            ranges.append((f"{request.url.host}:{request.url.port}",
+                           request.headers.get("range")))
+
+    with CuttingRelay(mirror.host, cuts=[200_000] * 4) as relay, \
+            make_client(ca_file=str(ca_file)) as client:
+        client.event_hooks["request"].append(seen)
+        result = stage(settings(f"oci://{origin.host}/{repo}:stable", tmp_path, ca_file, key,
+                                mirrors=[relay.host]), client)
+    assert result.outcome == "staged", result
+    assert (tmp_path / "state" / "bin" / str(result.file)).read_bytes() == big.read_bytes()
+    assert relay.cuts == [], "every cut happened: the mirror was given up"
+    from_origin = [r for host, r in ranges if host == origin.host]
+    assert from_origin and from_origin[0] is not None and from_origin[0] != "bytes=0-", ranges
+

@@ -213,6 +213,7 @@ class OciSource(ArtifactReader):
                 deadline_s=max(deadline - (time.monotonic() - start), 0.001),
                 min_speed_bps=float(s["min_speed_bps"]),
                 headers=host.registry.prepare(host.scope),
+                resume_as=artifact.BLOB_URL_PREFIX + layer.digest,  # the same on every host
                 progress=Progress(redact(url), binary.size,
                                   file=Path(s["state_dir"]) / TRANSFER_FILE,
                                   extra={"version": version, "kind": "full"}))
