@@ -132,3 +132,24 @@ def test_the_default_port_written_or_not_is_the_same_registry(host: str, filed: 
     token = next(r for r in seen if r.url.host == "auth.example")
     assert token.headers["authorization"] == "Basic " + base64.b64encode(
         b"alice:s3cret").decode()
+
+
+def test_a_realm_redirecting_elsewhere_does_not_carry_the_password() -> None:
+    """The token server redirects to another origin: the password stays behind."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "auth.example":
+            return httpx.Response(302, headers={"Location": "https://other.example/token"})
+        if request.url.host == "other.example":
+            return httpx.Response(200, json={"token": "T"})
+        if request.headers.get("authorization") == "Bearer T":
+            return httpx.Response(200, content=b"{}")
+        return challenge("https://auth.example/token")
+
+    with make_client(transport=httpx.MockTransport(handler)) as client:
+        registry = Registry("reg.example", client=client, credentials=LOGIN)
+        registry.request("GET", "agent/manifests/stable", SCOPE, limit=1024)
+    assert "authorization" in next(r for r in seen if r.url.host == "auth.example").headers
+    assert "authorization" not in next(r for r in seen if r.url.host == "other.example").headers
