@@ -38,7 +38,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,12 +83,17 @@ def download(
     resume: bool = True,
     attempts: int = RESUME_ATTEMPTS,
     progress: Progress | None = None,
+    keep_partials: Collection[str] = (),
+    resume_as: str | None = None,
 ) -> Path:
     """Download ``url`` into a file in ``dest_dir``, verified; return its path.
 
     ``headers`` are sent with every request (a registry's ``Authorization``; httpx drops it
     on a redirect to another origin). ``progress`` (default: log lines only) is told after
-    every chunk. See the module text for resume.
+    every chunk. See the module text for resume; ``keep_partials`` are the sha256s of the
+    same release's other files, whose partials this download leaves alone; ``resume_as``
+    names the file for resuming instead of ``url`` (an OCI blob's digest: any host serving
+    it continues the same partial).
 
     Raises DownloadError (too large, truncated, too slow, past the deadline, cancelled),
     ChecksumError, TransportError (non-2xx, connection and protocol errors; InsecureError
@@ -112,12 +117,14 @@ def download(
         progress=progress or Progress(url, expected_size, clock=clock),
     )
     if resume:
-        fd, path, saved = partial.open_slot(dest_dir, expected, url, expected_size)
+        fd, path, saved = partial.open_slot(dest_dir, expected, resume_as or url,
+                                           expected_size, keep_partials)
     else:
         fd, path = _new_temp(dest_dir)
         saved = None
     if resume:
-        transfer.on_response = lambda v: partial.keep(path, url, expected, expected_size, v)
+        transfer.on_response = lambda v: partial.keep(path, resume_as or url, expected,
+                                                      expected_size, v)
     try:
         try:
             digest = _run(client, transfer, _FileWriter(fd, path), saved,
@@ -131,7 +138,8 @@ def download(
     except BaseException as exc:
         if (resume and transfer.keep and transfer.received > 0
                 and not isinstance(exc, HostError | ChecksumError)):
-            partial.keep(path, url, expected, expected_size, transfer.validators)
+            partial.keep(path, resume_as or url, expected, expected_size,
+                         transfer.validators)
         else:
             partial.discard(path)
         raise

@@ -1,12 +1,14 @@
 """What an unfinished download leaves beside the target, so that the next check resumes it.
 
 A partial is ``bin/.agent.partial-<sha256 prefix>`` (the bytes received, mode 0600) and
-``bin/.agent.partial-<sha256 prefix>.json`` (the URL, the expected sha256 and size, the
+``bin/.agent.partial-<sha256 prefix>.json`` (the URL, or for an OCI blob ``oci:<digest>``
+whichever host serves it, the expected sha256 and size, the
 response's ETag and Last-Modified, and when it was saved). The record is written as soon as a
 response's validators are known, so a worker killed mid-transfer leaves a resumable pair too.
 It is resumed only by a download of the same URL for the same sha256 and size, within
-``MAX_AGE_S`` of being saved; any other download removes it (the release changed), and so does
-a finished one. Standard library only: the resident's temp-file sweep leaves these alone.
+``MAX_AGE_S`` of being saved; any other download removes it (the release changed) unless it
+is of the same release (a patch and the full build it rebuilds: ``also``), and so does a
+finished one. Standard library only: the resident's temp-file sweep leaves these alone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +55,16 @@ def name_for(sha256: str) -> str:
     return PREFIX + sha256[:32]
 
 
-def open_slot(dest_dir: Path, sha256: str, url: str,
-              size: int | None) -> tuple[int, Path, Validators | None]:
+def open_slot(dest_dir: Path, sha256: str, url: str, size: int | None,
+              also: Collection[str] = ()) -> tuple[int, Path, Validators | None]:
     """The partial for this build, opened read-write: (fd, path, its validators or None).
 
     None: nothing to resume (the file is new and empty). Every other partial in ``dest_dir``
-    is removed first.
+    is removed first, except those of the sha256s in ``also`` (the same release's other
+    files, so that a patch and its full build do not undo each other's progress).
     """
     name = name_for(sha256)
-    prune(dest_dir, keep=name)
+    prune(dest_dir, keep=name, also={name_for(other.lower()) for other in also})
     path = dest_dir / name
     saved = _read_record(dest_dir / (name + _RECORD), url, sha256, size)
     if saved is not None:
@@ -114,11 +117,13 @@ def done(path: Path) -> None:
         path.with_name(path.name + _RECORD).unlink()
 
 
-def prune(dest_dir: Path, keep: str | None = None) -> list[str]:
-    """Remove every partial (and stray record) except ``keep``'s; their names."""
+def prune(dest_dir: Path, keep: str | None = None,
+          also: Collection[str] = ()) -> list[str]:
+    """Remove every partial (and stray record) except ``keep``'s and ``also``'s; their
+    names."""
     removed = []
     for p in dest_dir.glob(PREFIX + "*"):
-        if p.name[: len(PREFIX) + 32] != keep:
+        if p.name[: len(PREFIX) + 32] != keep and p.name[: len(PREFIX) + 32] not in also:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
             removed.append(p.name)

@@ -30,7 +30,14 @@ from urllib.parse import urlsplit
 
 from launcher import faults, layout, logformat
 from launcher import trust as trusted
-from launcher.errors import ConfigError, InsecureError, LauncherError, ManifestError, SignatureError
+from launcher.errors import (
+    ChecksumError,
+    ConfigError,
+    InsecureError,
+    LauncherError,
+    ManifestError,
+    SignatureError,
+)
 from launcher.redact import RedactFilter, redact
 from launcher.sources import cadir, revalidate
 from launcher.sources.base import Validators
@@ -129,9 +136,24 @@ def _check(
         from launcher import explicit
 
         return explicit.run(request, s, client, now or _utcnow)
+    source = source_for(s, client)
+    while True:
+        try:
+            return _check_release(request, s, client, source, now)
+        except (ManifestError, ChecksumError, SignatureError) as exc:
+            # A mirror's release that fails verification is skipped like a mirror that is
+            # down: the check starts over from the next host (each mirror at most once).
+            skip = getattr(source, "skip_release_mirror", None)
+            if skip is None or not skip(exc):
+                raise
+
+
+def _check_release(
+    request: dict[str, Any], s: dict[str, Any], client: httpx.Client, source: Source,
+    now: Callable[[], Any] | None,
+) -> Result:
     trust = request.get("trust")
     validators = _validators(request, s)
-    source = source_for(s, client)
     fetched: FetchResult = source.fetch(validators)
     moment = now() if now else _utcnow()
     if fetched.not_modified or fetched.body is None:
@@ -292,7 +314,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
           binary: Binary) -> str:
     """Download (or copy, or rebuild from a patch) ``binary`` beside ``bin/agent``, verified;
     the temp file's name."""
-    from launcher import diskspace, preflight
+    from launcher import diskspace, partial, preflight
     from launcher.sources.base import CarriesBinaries
 
     bin_dir = Path(s["state_dir"]) / "bin"
@@ -301,7 +323,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     diskspace.require_room(bin_dir, diskspace.build_size(binary.size, bin_dir, max_bytes),
                            int(s.get("disk_margin_bytes") or 0), version)
     if isinstance(source, CarriesBinaries):  # an OCI registry or bundle: blobs, by digest
-        staged = source.stage_binary(binary, s["platform"], bin_dir, s)
+        staged = source.stage_binary(binary, s["platform"], bin_dir, s, version=version)
     elif urlsplit(binary.url).scheme == "oci":
         raise ManifestError(f"binary URL {binary.url} names a blob of an OCI release: it "
                             "installs only from an OCI registry or layout source")
@@ -315,7 +337,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
                    if binary.deltas else None)
         staged = patched or _fetch(
             source, client, s, binary.url, bin_dir, sha256=binary.sha256, size=binary.size,
-            extra={"version": version, "kind": "full"},
+            extra={"version": version, "kind": "full"}, keep=_release_files(binary),
             deadline_s=max(deadline - (time.monotonic() - started), deadline / 2))
     faults.worker_fault("downloaded")
     try:
@@ -323,14 +345,17 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+    partial.prune(bin_dir, keep=staged.name)  # the release's other partials are done with
     log.info("staged %s (sha256 %s) as %s", version, binary.sha256[:12], staged.name)
     return staged.name
 
 
 def _fetch(source: Source, client: httpx.Client, s: dict[str, Any], url: str, bin_dir: Path,
-           *, sha256: str, size: int | None, extra: dict[str, Any], deadline_s: float) -> Path:
+           *, sha256: str, size: int | None, extra: dict[str, Any], deadline_s: float,
+           keep: tuple[str, ...] = ()) -> Path:
     """One file of the release into ``bin_dir``, capped at ``size`` and checked against
-    ``sha256``: copied from a local release, else downloaded (resumable, with progress)."""
+    ``sha256``: copied from a local release, else downloaded (resumable, with progress;
+    the partials of ``keep``, the release's other files, stay for the next check)."""
     from launcher import download
     from launcher.progress import TRANSFER_FILE, Progress
 
@@ -346,8 +371,14 @@ def _fetch(source: Source, client: httpx.Client, s: dict[str, Any], url: str, bi
     return download.download(
         client, url, bin_dir, expected_sha256=sha256, expected_size=size,
         max_bytes=int(s["max_binary_bytes"]), deadline_s=deadline_s,
-        min_speed_bps=float(s["min_speed_bps"]), progress=progress,
+        min_speed_bps=float(s["min_speed_bps"]), progress=progress, keep_partials=keep,
     )
+
+
+def _release_files(binary: Binary) -> tuple[str, ...]:
+    """The sha256s of the files staging ``binary`` may download: the build and its patches.
+    Their partials survive each other, so a slow link resumes both across checks."""
+    return (binary.sha256, *(d.sha256 for d in binary.deltas))
 
 
 def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
@@ -367,6 +398,7 @@ def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version:
     try:
         patch = _fetch(source, client, s, chosen.url, bin_dir, sha256=chosen.sha256,
                        size=chosen.size, extra={"version": version, "kind": "delta"},
+                       keep=_release_files(binary),
                        deadline_s=deadline_s)
         try:
             rebuilt = delta.apply_patch(installed, patch, bin_dir,

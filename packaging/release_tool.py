@@ -7,6 +7,7 @@
                                               [--channel NAME] [--delta-from FILE|VERSION ...]
     python3 packaging/release_tool.py VERSION --oci-push oci://HOST/REPO:TAG | --oci-layout DIR
                                               [--registry-credentials FILE] [--ca-file FILE]
+                                              [--channel NAME]
     python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
                                               FILE] [--expires-in DAYS | --no-expires]
     python3 packaging/release_tool.py promote VERSION --to CHANNEL [--from CHANNEL]
@@ -54,7 +55,9 @@ is left out. A launcher whose installed build is the base downloads the patch in
 With ``--oci-push oci://HOST[:PORT]/REPO:TAG`` (repeatable; ``--registry-credentials FILE``,
 ``--ca-file FILE``) and/or ``--oci-layout DIR`` nothing is published into a release
 directory: the release goes to a registry as an OCI artifact, or into DIR as an OCI image
-layout (an offline bundle), see ``oci_release.py``. Both need the venv's Python.
+layout (an offline bundle), see ``oci_release.py``. Both need the venv's Python. ``--channel
+NAME`` is the signed manifest's channel (and, in a layout, the index entry's ref name);
+``--delta-from`` is refused there (exit 2): an OCI release carries full builds only.
 
 Exit codes: 0 published; 2 bad arguments (version, missing binary); 1 anything else.
 Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py) and
@@ -337,6 +340,7 @@ def publish_oci(
     import oci_release  # imports the launcher package's artifact definitions
 
     check_version(version)
+    check_channel(channel)
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
     secret = load_sign_key(sign_key) if sign_key is not None else None
@@ -400,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="unencrypted minisign secret key: also write version.json.minisig")
     parser.add_argument("--channel", default="stable", metavar="NAME",
                         help="publish on channel NAME: channels/NAME/version.json (default "
-                             "stable: version.json)")
+                             "stable: version.json); with --oci-push/--oci-layout the signed "
+                             "manifest's channel and the layout's ref name")
     parser.add_argument("--assets-dir", type=Path, metavar="DIR",
                         help="write a GitHub release's assets into DIR instead of publishing")
     parser.add_argument("--github-repo", metavar="OWNER/REPO",
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta-from", action="append", default=[], metavar="FILE|VERSION",
                         help="also publish patches from this earlier build (a file, or a "
                              "version published in --release-dir) to the new one, per "
-                             "platform; repeatable")
+                             "platform; repeatable; not with --oci-push/--oci-layout")
     parser.add_argument("--oci-push", metavar="oci://HOST[:PORT]/REPO:TAG", action="append",
                         help="push the release to a registry as an OCI artifact instead; "
                              "repeatable (the same release to each, e.g. a mirror)")
@@ -447,10 +452,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main_oci(args: argparse.Namespace) -> int:
     from oci_release import PushError
 
+    if args.delta_from:
+        print("release-local: error: --delta-from is not supported with --oci-push or "
+              "--oci-layout (an OCI release carries full builds only); publish without it",
+              file=sys.stderr)
+        return 2
     _, code = run_command(lambda: publish_oci(
         args.version, push_urls=tuple(args.oci_push or ()), layout_dir=args.oci_layout,
         binary=args.binary, sign_key=args.sign_key, credentials=args.registry_credentials,
-        ca_file=args.ca_file, serial=args.serial,
+        ca_file=args.ca_file, serial=args.serial, channel=args.channel,
         expires_in_days=None if args.no_expires else args.expires_in), (PushError, OSError))
     return code
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import release_tool
 import zstandard
 from conftest import Launcher, UpdateServer, fast_args
 from hostile import sleeper
+from range_server import RangeServer
 from release_deltas import make_patch
 from release_server import ReleaseServer, Route
 
@@ -236,3 +238,52 @@ def test_a_slow_patch_leaves_the_full_download_its_share_of_the_deadline(
     assert staged_bytes(result, tmp_path / "state") == release.new
     assert "exceeded its deadline of 1s" in caplog.text
     assert release.paths() == ["/version.json", "/bin/patch", "/bin/agent"]
+
+
+def random_agent(path: Path, version: str, tail: bytes) -> Path:
+    """A script agent followed by ``tail`` (after ``exit``, never read)."""
+    sleeper(path.parent, version).rename(path)
+    with path.open("ab") as file:
+        file.write(b"exit 0\n" + tail)
+    return path
+
+
+def test_a_slow_link_stages_a_build_whose_patch_is_listed(tmp_path: Path) -> None:
+    """A link too slow for either file within one check: the patch's and the full build's
+    partials survive each other, so the full build resumes (Range) and stages in a few
+    checks instead of restarting both from byte 0 every check."""
+    tail = random.randbytes(300_000)  # incompressible; half of it changes
+    old = random_agent(tmp_path / "old" / "agent", "0.1.0", tail)
+    new = random_agent(tmp_path / "new" / "agent", "0.2.0",
+                       tail[:150_000] + random.randbytes(150_000))
+    patch = make_patch(old, new)
+    assert 100_000 < len(patch) < new.stat().st_size
+    state = tmp_path / "state"
+    (state / "bin" / "agent").write_bytes(old.read_bytes())
+    with RangeServer(patch) as patch_server, RangeServer(new) as full_server:
+        patch_server.rate_bps, full_server.rate_bps = 5_000, 150_000
+        entry = {"url": full_server.url(), "sha256": sha(new.read_bytes()),
+                 "size": new.stat().st_size,
+                 "deltas": [{"from_sha256": sha(old.read_bytes()), "sha256": sha(patch),
+                             "url": patch_server.url("/bin/patch"), "size": len(patch),
+                             "format": delta.FORMAT}]}
+        body = json.dumps({"version": "0.2.0", "binaries": {"linux-amd64": entry}}).encode()
+        with RangeServer(body) as manifest_server:
+            s = Settings(manifest_url=manifest_server.url("/version.json"),
+                         platform="linux-amd64", state_dir=state, allow_http=True,
+                         allow_unsigned=True, download_deadline_s=2.0,
+                         min_speed_bps=1.0).for_worker()
+            outcomes = []
+            for _ in range(6):
+                result = worker.run_check({"settings": s, "current": {"version": "0.1.0"},
+                                           "bad": [], "host_id": "h", "stage": True})
+                outcomes.append(result.outcome)
+                if result.outcome == "staged":
+                    break
+    assert outcomes[-1] == "staged", outcomes
+    assert staged_bytes(result, state) == new.read_bytes()
+    later = full_server.requests[1:]
+    assert later and all(r.range is not None and r.range != "bytes=0-" for r in later), \
+        full_server.requests
+    assert all(r.range for r in patch_server.requests[1:]), patch_server.requests
+    assert {p.name for p in (state / "bin").iterdir()} == {"agent", result.file}

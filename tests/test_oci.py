@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -25,8 +26,9 @@ from conftest import ROOT, Launcher, free_port, https_args, run_cli, script_agen
 from hostile import sleeper
 from oci_registry import CuttingRelay, RegistryProcess, TokenServer, docker_config
 from release_server import ReleaseServer, Route, tls_context
-from signing import Key, make_key
+from signing import Key, make_key, sign
 
+from launcher.progress import read_transfer
 from launcher.sources.http import make_client
 from launcher.worker import run_check
 
@@ -234,6 +236,41 @@ def test_the_mirror_is_asked_first_and_the_origin_is_the_fallback(
     assert origin_pulls() >= before + 2
 
 
+@pytest.mark.parametrize("wrong", ["other_key", "layer", "old_serial"])
+def test_a_mirror_with_a_wrong_release_is_skipped_for_the_origin(
+        wrong: str, origin: RegistryProcess, mirror: RegistryProcess, key: Key, creds: Path,
+        ca_file: Path, repo: str, tmp_path: Path, build: Callable[[str], Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The mirror serves a release that is whole and consistent but not acceptable: signed
+    by another key, a layer other than the signed build, or a serial below this host's
+    floor. The check warns naming the mirror and stages the origin's release."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    good = release_tool.publish_oci("0.1.2", push_urls=(url,), binary=build("0.1.2"),
+                                    sign_key=key.secret, credentials=creds, ca_file=ca_file,
+                                    serial=2000, log=lambda _: None)
+    at_mirror = f"oci://{mirror.host}/{repo}:stable"
+    if wrong == "layer":  # the origin's signed manifest over another build's layer
+        body = (json.dumps(good, indent=2) + "\n").encode()
+        other = build("0.1.1")
+        builds = {p: (other, hashlib.sha256(other.read_bytes()).hexdigest(),
+                      other.stat().st_size) for p in good["binaries"]}
+        oci_release.push(at_mirror, oci_release.build("0.1.2", builds, body, sign(body, key)),
+                         credentials=None, ca_file=ca_file, log=lambda _: None)
+    else:
+        signer = make_key(tmp_path / "keys", "other") if wrong == "other_key" else key
+        release_tool.publish_oci("0.1.2", push_urls=(at_mirror,), binary=build("0.1.1"),
+                                 sign_key=signer.secret, ca_file=ca_file, serial=1000,
+                                 log=lambda _: None)
+    caplog.set_level(logging.WARNING)
+    result = stage(settings(url, tmp_path, ca_file, key, mirrors=[mirror.host],
+                            registry_credentials=str(creds), min_serial=1500))
+    assert result.outcome == "staged", result
+    staged = tmp_path / "state" / "bin" / str(result.file)
+    assert staged.read_bytes() == build("0.1.2").read_bytes()
+    assert f"mirror {mirror.host} serves a release of {url} that fails verification" \
+        in caplog.text
+
+
 def test_a_tag_moved_after_it_was_resolved_does_not_mix_releases(
         origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
         tmp_path: Path, build: Callable[[str], Path]) -> None:
@@ -288,6 +325,79 @@ def test_blobs_redirected_to_storage_are_fetched_without_the_registry_token(
                for r in storage.requests)
 
 
+def test_a_storage_challenge_never_gets_the_registry_password(
+        ca: Any, tokens: TokenServer, key: Key, ca_file: Path, tmp_path: Path,
+        build: Callable[[str], Path]) -> None:
+    """Blob storage (another origin the registry redirects to) answers 401 with a Bearer
+    realm of its own: the check fails naming the storage, and that realm is never asked."""
+    with ReleaseServer(tls_context(ca), host="localhost") as storage, \
+            ReleaseServer(tls_context(ca), host="localhost") as collector, RegistryProcess(
+            tmp_path, ca, auth=tokens.auth_config(),
+            redirect_to=storage.url("/")) as registry:
+        own = docker_config(tmp_path / "config.json", registry.host, USER, PASSWORD)
+        url = f"oci://{registry.host}/agent:stable"
+        push("0.1.1", build("0.1.1"), key, own, ca_file, url)
+        collector.publish("/t", Route(body=b'{"token": "STOLEN"}'))
+        for path in registry.stored_blobs():
+            storage.publish(path, Route(status=401, headers={
+                "WWW-Authenticate": f'Bearer realm="{collector.url("/t")}",service="x"'}))
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(own)))
+    assert result.outcome == "error", result
+    assert "answered HTTP 401" in (result.error or "") and storage.url("/") in result.error
+    assert collector.requests == []
+    assert storage.requests and all("authorization" not in map(str.lower, r.headers)
+                                    for r in storage.requests)
+
+
+class _Watching(httpx.HTTPTransport):
+    """The real transport; ``look()`` runs as each chunk of a blob arrives."""
+
+    def __init__(self, look: Callable[[], None], **options: Any) -> None:
+        super().__init__(**options)
+        self.look = look
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if "/blobs/" not in request.url.path:
+            return response
+        inner, look = response.stream, self.look
+
+        class Stream(httpx.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                for chunk in inner:  # type: ignore[union-attr]
+                    yield chunk
+                    look()
+
+            def close(self) -> None:
+                inner.close()  # type: ignore[union-attr]
+
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=Stream(), extensions=response.extensions)
+
+
+def test_a_blob_download_in_flight_is_in_the_transfer_file(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """While the build's blob streams from the registry, ``state_dir/transfer.json`` (what
+    ``status`` shows) names it, as for an http download; the file goes when it is done."""
+    url = f"oci://{origin.host}/{repo}:stable"
+    manifest = push("0.1.1", build("0.1.1"), key, creds, ca_file, url)
+    size = manifest["binaries"]["linux-amd64"]["size"]
+    state = tmp_path / "state"
+    seen: list[dict[str, Any]] = []
+    transport = _Watching(lambda: seen.append(read_transfer(state) or {}),
+                          verify=ssl.create_default_context(cafile=str(ca_file)))
+    with make_client(ca_file=str(ca_file), transport=transport) as client:
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(creds)),
+                       client)
+    assert result.outcome == "staged", result
+    in_flight = [t for t in seen if t.get("total") == size]
+    assert in_flight, seen
+    assert in_flight[0]["version"] == "0.1.1" and in_flight[0]["kind"] == "full"
+    assert f"/v2/{repo}/blobs/sha256:" in in_flight[0]["url"]
+    assert read_transfer(state) is None
+
+
 def test_a_cut_blob_download_resumes_from_the_registry(
         origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -311,3 +421,34 @@ def test_a_cut_blob_download_resumes_from_the_registry(
     assert re.search(r"resumed at byte \d+", caplog.text)
     # A restart would have carried 300 KB + 500 KB + the whole build; resuming, about one build.
     assert sum(relay.to_client) < size + 200_000, (relay.to_client, size)
+
+
+def test_a_blob_cut_on_the_mirror_resumes_from_the_origin(
+        origin: RegistryProcess, mirror: RegistryProcess, key: Key, creds: Path,
+        ca_file: Path, tmp_path: Path) -> None:
+    """The mirror's connection is cut on every attempt until the mirror is given up: the
+    origin continues the same partial with a Range request (the blob's digest names it on
+    every host), instead of fetching the build again from byte 0."""
+    big = sleeper(tmp_path, "0.1.1", pad=1 << 20)
+    repo = "public/resume-mirror"
+    push("0.1.1", big, key, creds, ca_file, f"oci://{origin.host}/{repo}:stable",
+         f"oci://{mirror.host}/{repo}:stable")
+    build_blob = "/blobs/sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
+    ranges: list[tuple[str, str | None]] = []
+
+    def seen(request: httpx.Request) -> None:
+        if request.url.path.endswith(build_blob):
+            ranges.append((f"{request.url.host}:{request.url.port}",
+                           request.headers.get("range")))
+
+    with CuttingRelay(mirror.host, cuts=[200_000] * 4) as relay, \
+            make_client(ca_file=str(ca_file)) as client:
+        client.event_hooks["request"].append(seen)
+        result = stage(settings(f"oci://{origin.host}/{repo}:stable", tmp_path, ca_file, key,
+                                mirrors=[relay.host]), client)
+    assert result.outcome == "staged", result
+    assert (tmp_path / "state" / "bin" / str(result.file)).read_bytes() == big.read_bytes()
+    assert relay.cuts == [], "every cut happened: the mirror was given up"
+    from_origin = [r for host, r in ranges if host == origin.host]
+    assert from_origin and from_origin[0] is not None and from_origin[0] != "bytes=0-", ranges
+

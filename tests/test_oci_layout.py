@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from conftest import ROOT, Launcher, https_args, run_cli, unavailable
 from oci_registry import RegistryProcess
 from signing import Key, make_key
 
+from launcher.sources.layout import LayoutSource
 from launcher.worker import run_check
 
 
@@ -31,11 +33,15 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Key:
     return make_key(tmp_path_factory.mktemp("keys"), "release")
 
 
-def write_layout(directory: Path, version: str, binary: Path, key: Key) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "packaging" / "release_tool.py"), version, "--binary",
-         str(binary), "--sign-key", str(key.secret), "--oci-layout", str(directory)],
-        capture_output=True, text=True, timeout=60, check=False)
+def release_tool_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "packaging" / "release_tool.py"), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def write_layout(directory: Path, version: str, binary: Path, key: Key,
+                 *more: str) -> None:
+    done = release_tool_cli(version, "--binary", str(binary), "--sign-key", str(key.secret),
+                            "--oci-layout", str(directory), *more)
     assert done.returncode == 0, done.stderr
     assert f"wrote OCI layout {directory} = sha256:" in done.stdout
 
@@ -131,3 +137,81 @@ def test_an_unsigned_bundle_is_refused_when_a_key_is_configured(
     assert "missing signature" in (result.error or "")
     assert not (tmp_path / "state" / "bin").exists() or not any(
         (tmp_path / "state" / "bin").iterdir())
+
+
+def test_a_bundle_for_another_channel_installs_on_that_channel(
+        tmp_path: Path, key: Key, build: Callable[[str], Path]) -> None:
+    """``--channel beta --oci-layout DIR``: the signed manifest says beta and the index
+    entry is named beta, so a launcher on ``--channel beta`` stages it."""
+    bundle = tmp_path / "bundle"
+    write_layout(bundle, "0.1.1", build("0.1.1"), key, "--channel", "beta")
+    index = json.loads((bundle / "index.json").read_text())
+    assert [e["annotations"]["org.opencontainers.image.ref.name"]
+            for e in index["manifests"]] == ["beta"]
+    result = run_check({"host_id": "h", "stage": True, "settings": {
+        "manifest_url": f"file://{bundle}", "public_keys": [str(key.public)],
+        "channel": "beta", "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
+        "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})
+    assert result.outcome == "staged", result
+    body = LayoutSource(bundle, channel="beta").fetch(None).body
+    assert body is not None and json.loads(body)["channel"] == "beta"
+
+
+def test_delta_from_with_an_oci_release_is_refused(tmp_path: Path, key: Key,
+                                                    build: Callable[[str], Path]) -> None:
+    """An OCI release carries full builds only: ``--delta-from`` is a clear error (exit 2),
+    and nothing is written."""
+    bundle = tmp_path / "bundle"
+    done = release_tool_cli("0.1.2", "--binary", str(build("0.1.2")), "--sign-key",
+                            str(key.secret), "--oci-layout", str(bundle), "--delta-from",
+                            str(build("0.1.1")))
+    assert done.returncode == 2, done
+    assert "--delta-from is not supported with --oci-push or --oci-layout" in done.stderr
+    assert not bundle.exists()
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+ANY = {"mediaType": "a", "digest": "sha256:" + "a" * 64, "size": 1}
+
+
+@pytest.mark.parametrize("index", [
+    json.dumps({"manifests": [{**ANY, "annotations": "x"}, {"annotations": "y"}]}).encode(),
+    json.dumps({"manifests": [{**ANY, "annotations": {
+        "org.opencontainers.image.ref.name": ["stable"]}}, ANY]}).encode(),
+    json.dumps({"manifests": "x"}).encode(),
+    json.dumps({"manifests": [{**ANY, "size": "1"}]}).encode(),
+    b"[]",
+    DEEP,
+], ids=["annotations-string", "ref-name-list", "manifests-string", "size-string", "array",
+        "deep"])
+def test_a_malformed_index_json_is_a_manifest_error(index: bytes, tmp_path: Path) -> None:
+    """Wrong types anywhere in index.json, or nesting too deep for the JSON parser: the
+    check fails with a manifest error, it does not crash."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (bundle / "index.json").write_bytes(index)
+    result = check_bundle(bundle, tmp_path)
+    assert result.outcome == "error" and result.error_kind == "manifest", result
+
+
+def test_a_deeply_nested_release_index_blob_is_a_manifest_error(
+        tmp_path: Path, key: Key, build: Callable[[str], Path]) -> None:
+    """index.json names (by its true digest) a release index nested 100,000 deep."""
+    bundle = tmp_path / "bundle"
+    write_layout(bundle, "0.1.1", build("0.1.1"), key)
+    digest = hashlib.sha256(DEEP).hexdigest()
+    (bundle / "blobs" / "sha256" / digest).write_bytes(DEEP)
+    index = json.loads((bundle / "index.json").read_text())
+    index["manifests"][0].update(digest=f"sha256:{digest}", size=len(DEEP))
+    (bundle / "index.json").write_text(json.dumps(index))
+    result = check_bundle(bundle, tmp_path)
+    assert result.outcome == "error" and result.error_kind == "manifest", result
+    assert "nested too deeply" in (result.error or "")
+
+
+def check_bundle(bundle: Path, tmp_path: Path) -> Any:
+    return run_check({"host_id": "h", "stage": False, "settings": {
+        "manifest_url": f"file://{bundle}", "allow_unsigned": True,
+        "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
+        "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})

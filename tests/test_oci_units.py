@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -196,3 +197,38 @@ def test_credentials_readable_by_others_are_warned_about(
     path.chmod(0o644)
     assert load_credentials(path) == {}
     assert "readable by other users: chmod 600 it" in caplog.text
+
+
+def _mutations(value: Any) -> Iterator[Any]:
+    """``value`` with each node in turn replaced by each wrongly typed value."""
+    wrong: list[Any] = ["x", 7, None, [], {}, True, 1.5, [[["deep"]]]]
+    yield from wrong
+    if isinstance(value, dict):
+        for key, item in value.items():
+            for changed in _mutations(item):
+                yield {**value, key: changed}
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            for changed in _mutations(item):
+                yield [*value[:i], changed, *value[i + 1:]]
+
+
+def test_wrong_types_anywhere_in_oci_documents_are_manifest_errors() -> None:
+    """Every field of an index and of an image manifest replaced, one at a time, by a value
+    of another type: a release or a ManifestError, never another exception."""
+    layer = artifact.blob(b"build", artifact.BINARY_TYPE)
+    signed = artifact.blob(b"m", artifact.MANIFEST_DOC_TYPE)
+    index = json.loads(artifact.image_index("0.1.1", signed, {"linux-amd64": layer}))
+    manifest = json.loads(artifact.image_manifest(artifact.AGENT_TYPE, [(layer, "agent")]))
+    readers = [artifact.parse_index, artifact.parse_layers, artifact.signed_manifest_layers,
+               artifact.binary_layer]
+    refused = 0
+    for document in (index, manifest):
+        for changed in _mutations(document):
+            body = json.dumps(changed).encode()
+            for read in readers:
+                try:
+                    read(body, "doc")
+                except ManifestError:
+                    refused += 1
+    assert refused > 100

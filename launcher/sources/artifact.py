@@ -104,7 +104,7 @@ def parse_index(body: bytes, where: str) -> Release:
     """The signed manifest's entry and each platform's. Tools that copy an index may drop
     the entries' ``artifactType`` (skopeo 1.9 does): then the signed manifest's entry is
     the one without a platform, whose layers say what it is."""
-    document = _document(body, where)
+    document = load_document(body, where)
     entries = document.get("manifests")
     if not isinstance(entries, list):
         raise ManifestError(f"{where} is not an OCI image index (no 'manifests' list)")
@@ -131,7 +131,7 @@ def parse_index(body: bytes, where: str) -> Release:
 
 def parse_layers(body: bytes, where: str) -> dict[str, Descriptor]:
     """An image manifest's layers by media type (the first of each)."""
-    document = _document(body, where)
+    document = load_document(body, where)
     layers = document.get("layers")
     if not isinstance(layers, list):
         raise ManifestError(f"{where} is not an OCI image manifest (no 'layers' list)")
@@ -174,14 +174,18 @@ def check_binary_layer(layer: Descriptor, sha256: str, size: int | None, url: st
                             f"registry names {layer.size} bytes, the signed manifest {size}")
 
 
-def _document(body: bytes, where: str) -> dict[str, Any]:
+def load_document(body: bytes, where: str) -> dict[str, Any]:
+    """``body`` as a JSON object; ManifestError for anything else, nesting too deep for the
+    parser included (each field's type is checked where it is read)."""
     try:
-        document = json.loads(body)
+        parsed = json.loads(body)
+    except RecursionError:
+        raise ManifestError(f"{where} is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
+    if not isinstance(parsed, dict):
         raise ManifestError(f"{where} is not a JSON object")
-    return document
+    return parsed
 
 
 def descriptor(entry: dict[str, Any], where: str) -> Descriptor:

@@ -50,7 +50,8 @@ class CarriesBinaries(Protocol):
     """A source whose builds live in it (an OCI artifact), not at the manifest's URLs."""
 
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
-                     s: Mapping[str, Any]) -> Path:
+                     s: Mapping[str, Any], *, version: str | None = None) -> Path:
         """The build for ``platform`` in a temp file in ``dest_dir``, checked against
-        ``binary`` (the signed sha256 and size)."""
+        ``binary`` (the signed sha256 and size); a download in flight is reported in
+        ``state_dir/transfer.json`` as ``version``'s."""
         ...

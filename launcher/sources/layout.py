@@ -10,7 +10,6 @@ The validator is the release index's digest, so an unchanged bundle costs one sm
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,15 +44,10 @@ class LayoutSource(ArtifactReader):
                            validators=current)
 
     def _entry(self, body: bytes) -> artifact.Descriptor:
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{self.root}/index.json is not valid JSON: {exc}") from exc
-        entries = document.get("manifests") if isinstance(document, dict) else None
+        entries = artifact.load_document(body, f"{self.root}/index.json").get("manifests")
         if not isinstance(entries, list) or not entries:
             raise ManifestError(f"{self.root}/index.json is not an OCI index with an entry")
-        named = [e for e in entries if isinstance(e, dict)
-                 and (e.get("annotations") or {}).get(artifact.REF_NAME) == self.channel]
+        named = [e for e in entries if isinstance(e, dict) and _ref_name(e) == self.channel]
         if len(entries) != 1 and len(named) != 1:
             raise ManifestError(f"{self.root}/index.json lists {len(entries)} entries and "
                                 f"none (or several) named {self.channel!r}: an offline bundle "
@@ -86,10 +80,15 @@ class LayoutSource(ArtifactReader):
         return body
 
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
-                     s: Mapping[str, Any]) -> Path:
+                     s: Mapping[str, Any], *, version: str | None = None) -> Path:
         from launcher import download
 
         layer = self.binary_layer(binary, platform)
         return download.copy_local(self._path(layer), dest_dir, expected_sha256=binary.sha256,
                                    expected_size=binary.size,
                                    max_bytes=int(s["max_binary_bytes"]))
+
+
+def _ref_name(entry: dict[str, Any]) -> object:
+    annotations = entry.get("annotations")
+    return annotations.get(artifact.REF_NAME) if isinstance(annotations, dict) else None

@@ -11,7 +11,10 @@ the index must name the same digest and size before it is downloaded (through
 
 ``--mirror HOST[:PORT][/PREFIX]`` (repeatable) are asked first, in order, for every request
 (the tag included); a mirror that fails (down, 404, refused, a wrong digest) is skipped for
-the next host, the origin last. The origin's failure is the check's error.
+the next host, the origin last. The origin's failure is the check's error. A mirror whose
+release fails verification (signature, key, serial, channel, a layer other than the signed
+build: the worker's checks) is skipped the same way (:meth:`OciSource.skip_release_mirror`),
+and the worker reads the release again from the next host.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from launcher.errors import ManifestError, SignatureError, SourceError
+from launcher.redact import redact
 from launcher.sources import artifact
 from launcher.sources.base import FetchResult, Validators
 from launcher.sources.http import METADATA_DEADLINE_S, MIN_SPEED_BPS, status_error
@@ -125,10 +129,26 @@ class OciSource(ArtifactReader):
                       for name, prefix in map(parse_mirror, mirrors)]
         self.hosts.append(host(reference.host, reference.repository, False))
         self._failed: set[str] = set()
+        self._served_by: Host | None = None
+
+    def skip_release_mirror(self, exc: SourceError) -> bool:
+        """The release read last failed verification (``exc``: its signature, key, serial,
+        channel, or a layer other than the signed build). True when a mirror resolved it:
+        that mirror is not asked again in this check, and the caller reads the release
+        again from the next host; False when the origin did (the check's error)."""
+        host = self._served_by
+        if host is None or not host.mirror:
+            return False
+        self._failed.add(host.registry.host)
+        self._served_by = self.release = None
+        logger.warning("%s serves a release of %s that fails verification (%s); trying the "
+                       "next host", host, self.where, exc.describe())
+        return True
 
     def fetch(self, validators: Validators | None) -> FetchResult:
         known = validators.etag if validators is not None else None
-        digest, index = self._each_host("the tag", lambda h: self._resolve(h, known))
+        self._served_by, digest, index = self._each_host(
+            "the tag", lambda h: (h, *self._resolve(h, known)))
         current = Validators(etag=f'"{digest}"')
         if digest is None or current.etag == known:
             logger.debug("OCI tag %s not modified", self.where)
@@ -175,9 +195,11 @@ class OciSource(ArtifactReader):
         return self._each_host(what, one)
 
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
-                     s: Mapping[str, Any]) -> Path:
-        """The build, downloaded beside the target and checked against the signed manifest."""
+                     s: Mapping[str, Any], *, version: str | None = None) -> Path:
+        """The build, downloaded beside the target and checked against the signed manifest,
+        its progress in ``state_dir/transfer.json`` (``status`` shows it) as for http."""
         from launcher import download
+        from launcher.progress import TRANSFER_FILE, Progress
 
         layer = self.binary_layer(binary, platform)
         deadline = float(s["download_deadline_s"])
@@ -190,7 +212,11 @@ class OciSource(ArtifactReader):
                 expected_size=binary.size, max_bytes=int(s["max_binary_bytes"]),
                 deadline_s=max(deadline - (time.monotonic() - start), 0.001),
                 min_speed_bps=float(s["min_speed_bps"]),
-                headers=host.registry.prepare(host.scope))
+                headers=host.registry.prepare(host.scope),
+                resume_as=artifact.BLOB_URL_PREFIX + layer.digest,  # the same on every host
+                progress=Progress(redact(url), binary.size,
+                                  file=Path(s["state_dir"]) / TRANSFER_FILE,
+                                  extra={"version": version, "kind": "full"}))
 
         return self._each_host(f"the {platform} build", one)
 

@@ -13,9 +13,12 @@ token spec):
 
 Credentials come from a Docker ``config.json`` (``--registry-credentials FILE``):
 ``{"auths": {"HOST[:PORT]": {"auth": base64("user:password")}}}``, looked up by the exact
-host a request goes to (the origin or a mirror). They are sent to that host, or to the token
-realm it names, never anywhere else: httpx drops ``Authorization`` on a redirect to another
-origin (blob storage), and every hop must be https unless ``--allow-http``.
+host a request goes to (the origin or a mirror; ``:443`` or not, the same host). They are
+sent to that host, or to the https token realm it names, never anywhere else: httpx drops
+``Authorization`` on a redirect to another origin (blob storage), a ``401`` counts as a
+challenge only when it comes from the host itself (after redirects: the answer's own URL),
+and the realm must be https even with ``--allow-http``. A ``401`` from anywhere else (blob
+storage, or the origin a mirror redirected to) is an error, never answered.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def load_credentials(path: Path | str) -> Credentials:
                           f"{exc.strerror or exc}") from exc
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"--registry-credentials {path} is not valid JSON: {exc}") from exc
     auths = document.get("auths") if isinstance(document, dict) else None
     if not isinstance(auths, dict):
@@ -130,8 +133,9 @@ class Registry:
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.host = host
         self.base = f"https://{host}/v2/"
+        self._origin = _origin(self.base)
         self._client = client
-        self._login = credentials.get(host.lower())
+        self._login = _login_for(credentials, self._origin)
         self._limits = (deadline_s, min_speed_bps, speed_window_s)
         self._now = now
         self._tokens: dict[str, str] = {}
@@ -143,10 +147,9 @@ class Registry:
             return str(httpx.URL(self.base).join(path))
         return self.base + path
 
-    def _ours(self, url: str) -> bool:
+    def _ours(self, url: str | httpx.URL) -> bool:
         """Credentials go to this host only (an upload Location may name another)."""
-        parsed = httpx.URL(url)
-        return parsed.scheme == "https" and parsed.netloc.decode().lower() == self.host.lower()
+        return _origin(url) == self._origin
 
     def auth_headers(self, scope: str) -> dict[str, str]:
         """What to send for ``scope`` as far as this host has told us so far."""
@@ -191,6 +194,8 @@ class Registry:
                     headers={**(headers or {}), **auth})
                 response = self._client.send(request, stream=True)
                 try:
+                    if response.status_code in (401, 403) and not self._ours(response.url):
+                        raise self._foreign(response, url)
                     if response.status_code == 401 and attempt == 0:
                         self._answer(response.headers.get("www-authenticate", ""), scope, url)
                         continue
@@ -222,6 +227,10 @@ class Registry:
         query = {"service": params["service"]} if params.get("service") else {}
         query["scope"] = params.get("scope") or scope
         realm = params["realm"]
+        if httpx.URL(realm).scheme != "https":
+            raise AuthError(f"registry {self.host} names a token server that is not https "
+                            f"({realm}): refused, even with --allow-http, as the password "
+                            "would travel in the clear")
         headers = {"Authorization": _basic(self._login)} if self._login else {}
         who = f"user {self._login[0]}" if self._login else "anonymously"
         pace = metadata_pace(f"token request to {realm}", *self._limits)
@@ -243,7 +252,7 @@ class Registry:
         try:
             document = json.loads(body)
             token = document.get("token") or document.get("access_token")
-        except (ValueError, UnicodeDecodeError, AttributeError):
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise TransportError(f"the token server at {realm} answered without a token")
@@ -255,6 +264,33 @@ class Registry:
         return AuthError(f"registry {self.host} refused {who} for {url} "
                          f"(HTTP {response.status_code})"
                          + ("" if self._login else ": give --registry-credentials"))
+
+
+    def _foreign(self, response: httpx.Response, url: str) -> AuthError:
+        where = response.url.copy_with(query=None)
+        return AuthError(f"{where} answered HTTP {response.status_code} to a request for {url}"
+                         f" that registry {self.host} redirected there: not answered, as "
+                         f"credentials for {self.host} go to {self.host} and its token server "
+                         "only")
+
+
+def _origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port, the default port made explicit (``HOST:443`` is ``HOST``)."""
+    parsed = httpx.URL(url)
+    port = parsed.port or {"https": 443, "http": 80}.get(parsed.scheme)
+    return parsed.scheme, parsed.host.lower(), port
+
+
+def _login_for(credentials: Credentials, origin: tuple[str, str, int | None]) -> \
+        tuple[str, str] | None:
+    """The entry filed under this host, written with its port or (443) without."""
+    for key, login in credentials.items():
+        try:
+            if _origin(f"https://{key}/") == origin:
+                return login
+        except httpx.InvalidURL:
+            continue
+    return None
 
 
 def _basic(login: tuple[str, str]) -> str:
