@@ -91,6 +91,7 @@ class Supervisor:
         self.config = live_config.LiveConfig(res, self.watcher,
                                              self.config_file if reload else None, reload)
         self.keeper.spawn = self.handoff.spawn
+        self.handoff.serving = lambda: self.keeper.outgoing is not None
         self.updates = Updates(res, self._start_agent, self._exit)
         self.gate = Gate(res, self.updates.apply)  # hold, pin, window, install
         self.loop = res.loop

@@ -1,9 +1,9 @@
 """The held socket's edges, through real launchers, agents and sockets.
 
-A plain blocking agent after the project's agent (the socket's O_NONBLOCK is shared by
-every generation); a slow client during a stop-first swap; SIGTERM while a rollback's
-overlap waits on a restored agent in crash backoff; SIGKILL to the launcher while the new
-agent of an overlap is a wrapper that exec'd its server.
+A plain blocking agent after the project's agent and after one that set O_NONBLOCK (the
+flag is shared by every generation); a slow client during a stop-first swap; SIGTERM
+while a rollback's overlap waits on a restored agent in crash backoff; SIGKILL to the
+launcher while the new agent of an overlap is a wrapper that exec'd its server.
 """
 
 from __future__ import annotations
@@ -112,6 +112,33 @@ def test_a_blocking_accept_agent_follows_the_project_agent(
     fdinfo = Path(f"/proc/{lch.proc.pid}/fdinfo/{held[0]}").read_text()
     found = re.search(r"^flags:\s+([0-7]+)$", fdinfo, re.M)
     assert found is not None and not int(found[1], 8) & os.O_NONBLOCK
+
+
+SETS_NONBLOCKING = SERVE_FD3 + """
+    srv.socket.setblocking(False)  # as a Go or asyncio server does: the flag is shared
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    ns.sendto(b"READY=1", addr)
+    while True:
+        time.sleep(0.5)
+"""
+
+
+def test_a_socket_made_non_blocking_by_one_agent_is_handed_on_blocking(
+        server: UpdateServer, launcher: Any, tmp_path: Path) -> None:
+    """An agent sets O_NONBLOCK on the held socket; the next one (stop-first, so nothing
+    else serves it) gets it blocking again, as the launcher bound it and as systemd does
+    before every exec, and its blocking accept() works."""
+    port = free_port()
+    server.publish("1.0.0", python_agent(tmp_path / "nonblocking", "1.0.0", SETS_NONBLOCKING))
+    lch = start(launcher(), server, port, "--ready", "notify")
+    wait_until(lambda: committed(lch, "1.0.0") and health(port), 40, "1.0.0 up")
+    server.publish("1.1.0", python_agent(tmp_path / "blocking", "1.1.0", BLOCKING))
+    wait_until(lambda: committed(lch, "1.1.0") or bad(lch, "1.1.0"), 60, "a verdict on 1.1.0")
+    assert bad(lch, "1.1.0") is None, lch.log()
+    answer = health(port)
+    assert answer is not None and answer["version"] == "1.1.0"
+    assert answer["nonblocking"] is False
+    assert "the previous agent made listening socket fd" in lch.log()
 
 
 def test_a_trickling_client_does_not_stall_a_stop_first_swap(
