@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import UpdateServer, free_port, run_cli, script_agent, wait_until
+from conftest import ROOT, UpdateServer, free_port, run_cli, script_agent, wait_until
 from test_handover import bad, committed, health, start
 
 
@@ -253,3 +253,33 @@ def test_a_surviving_exec_wrapper_agent_is_found_by_pid_and_start_time(
     wait_until(lambda: gone(mute), 10, "the exec'd agent stopped")
     wait_until(lambda: (health(port) or {}).get("version") == "1.0.0", 40, "1.0.0 serving")
     assert again.proc is not None and again.proc.poll() is None, again.log()
+
+
+SPAWN_MISSING = """
+import os, socket, sys
+sys.path.insert(0, sys.argv[1])
+from launcher import passfds
+held = []
+for i in range(4):  # held at 64 onwards, as the launcher holds them; 3... left free
+    fd = socket.create_server(("127.0.0.1", 0)).detach()
+    held.append(os.dup2(fd, 64 + i, inheritable=False))
+    os.close(fd)
+try:
+    pid = passfds.spawn(["/nonexistent/agent"], {}, held)
+except OSError as exc:
+    print("OSError", exc.errno)
+else:
+    print("spawned, then", os.waitpid(pid, 0)[1])
+"""
+
+
+def test_an_agent_that_cannot_be_executed_is_an_error_whatever_the_free_fds() -> None:
+    """In a process whose lowest free fds are 3 and up (where the sockets go), the
+    exec-error pipe used to be overwritten by a socket: the failure was lost and the
+    child died of SIGPIPE instead of the spawn raising ENOENT."""
+    import errno
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-I", "-c", SPAWN_MISSING, str(ROOT)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["OSError", str(errno.ENOENT)], out.stdout + out.stderr
