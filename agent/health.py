@@ -118,7 +118,7 @@ class _HealthHTTPServer(ThreadingHTTPServer):
             for conn in self._open:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-            end = time.monotonic() + ACCEPT_JOIN_S
+            end = time.monotonic() + ACCEPT_JOIN_S  # a cut connection's thread ends at once
             while self._open and (left := end - time.monotonic()) > 0:
                 self._changed.wait(left)
         return cut

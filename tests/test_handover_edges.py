@@ -235,7 +235,8 @@ def test_a_surviving_exec_wrapper_agent_is_found_by_pid_and_start_time(
     server.publish("1.0.0", build("1.0.0"))
     lch = start(launcher(), server, port, "--ready", "notify", "--handover", "overlap",
                 window="2")
-    wait_until(lambda: committed(lch, "1.0.0") and health(port), 40, "1.0.0 up")
+    first = wait_until(lambda: committed(lch, "1.0.0") and health(port), 40, "1.0.0 up")
+    strays.append(first["pid"])
     server.publish("1.1.0", python_agent(tmp_path / "mute", "1.1.0", WARMS_UP_FOREVER))
     lch.wait_log(r"keeps serving until the new one is ready", timeout=30)
     mute = wait_until(lambda: (lch.state().get("child") or {}).get("state") == "running"
@@ -250,8 +251,11 @@ def test_a_surviving_exec_wrapper_agent_is_found_by_pid_and_start_time(
     again = start(launcher(lch.state_dir), server, port, "--ready", "notify",
                   "--handover", "overlap", window="2")
     again.wait_log(rf"agent 1\.1\.0 \(pid {mute}\) outlived the previous launcher", timeout=30)
-    wait_until(lambda: gone(mute), 10, "the exec'd agent stopped")
-    wait_until(lambda: (health(port) or {}).get("version") == "1.0.0", 40, "1.0.0 serving")
+    wait_until(lambda: gone(mute) and gone(first["pid"]), 10, "both old agents stopped")
+    wait_until(lambda: bad(again, "1.1.0") is not None, 30, "1.1.0 failed its trial")
+    answer = wait_until(lambda: (h := health(port)) and h["version"] == "1.0.0" and h, 30,
+                        "1.0.0 serving again")
+    assert answer["pid"] not in (first["pid"], mute)
     assert again.proc is not None and again.proc.poll() is None, again.log()
 
 
