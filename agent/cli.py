@@ -140,7 +140,7 @@ def _probe_in_background(delay_s: float = NGINX_PROBE_DELAY_S) -> None:
 
 def run(health_addr: tuple[str, int], heartbeat_interval_s: float) -> int:
     # Imported here so that `--version` (the launcher's preflight) starts without http.server.
-    from agent.health import HealthServer
+    from agent.health import DRAIN_S, HealthServer
     from agent.listen import Notifier, inherited
 
     received: list[str] = []
@@ -184,7 +184,10 @@ def run(health_addr: tuple[str, int], heartbeat_interval_s: float) -> int:
     finally:
         notifier.send(STOPPING=1)
         for server in servers:
-            server.stop()
+            server.stop_accepting()
+        until = time.monotonic() + DRAIN_S  # one drain for all the sockets
+        for server in servers:
+            server.finish(until)
         notifier.close()
     log.info("stopping on %s", received[0] if received else "request")
     log.info("%s %s stopped", PROG, VERSION)

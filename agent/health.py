@@ -2,12 +2,23 @@
 
 The server runs in a background thread, one thread per connection; :func:`health_payload`
 is the pure part. It binds its own address (with a listen backlog of ``BACKLOG``) or
-serves a listening socket it was given (``LISTEN_FDS``). On stop it finishes the requests
-it has accepted (each connection has ``REQUEST_TIMEOUT_S`` to send its request), so a
-hand-over to the next agent fails none of them; what is still queued is left in the
-socket for the next agent to accept.
+serves a listening socket it was given (``LISTEN_FDS``).
+
+An inherited socket's ``O_NONBLOCK`` is shared with the launcher and every other agent
+generation (a file status flag of the one open socket), so it is never changed: after
+``select`` says the socket is readable, a non-blocking one is accepted from up to
+``ACCEPT_BATCH`` times (the queue left by a hand-over drains in a few wake-ups), a
+blocking one once (it may wait for the next connection when the other agent of an
+overlap took this one). The stop request is looked at between accepts, so a flood of
+connections cannot hold the stop off.
+
+On stop the connections it accepted are given ``DRAIN_S`` to send their requests and get
+their answers; what is still open then (a client that trickles its request) is shut
+down, so the agent exits in bounded time. What is still queued is left in the socket for
+the next agent to accept.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +34,10 @@ log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
 BACKLOG = 128
-REQUEST_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 5.0  # per read, while serving
+ACCEPT_BATCH = 64  # accepts per wake-up from a non-blocking socket
+DRAIN_S = 2.0  # on stop, for the connections accepted to be answered
+ACCEPT_JOIN_S = 0.2  # on stop, for a serve thread that may be blocked in accept()
 
 
 def health_payload(version: str, pid: int, uptime_s: float) -> dict[str, Any]:
@@ -32,8 +46,8 @@ def health_payload(version: str, pid: int, uptime_s: float) -> dict[str, Any]:
 
 
 class _HealthHTTPServer(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() waits for the requests in flight
-    block_on_close = True
+    daemon_threads = True  # stop() drains the connections itself, for at most DRAIN_S
+    block_on_close = False
     request_queue_size = BACKLOG
 
     def __init__(
@@ -50,34 +64,64 @@ class _HealthHTTPServer(ThreadingHTTPServer):
         self.version = version
         self.clock = clock
         self.started_at = clock()
+        self.stopping = threading.Event()
+        self._open: set[socket.socket] = set()  # accepted, not yet closed
+        self._changed = threading.Condition()
         super().__init__(address, _HealthHandler, bind_and_activate=sock is None)
         if sock is not None:
             self.socket.close()
-            self.socket = sock
+            self.socket = sock  # its O_NONBLOCK is shared: left as it is
             self.server_address = sock.getsockname()
-        self.socket.setblocking(False)  # a connection another agent took is not waited for
+        else:
+            self.socket.setblocking(False)  # ours alone
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A client that went away mid-answer is not news; anything else is logged."""
         import sys
 
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        if not isinstance(sys.exc_info()[1], OSError):
             log.exception("error answering %s", client_address)
 
-    def handle_request_noblock(self) -> None:
-        """Accept every connection still queued, each handed to a thread: after a hand-over
-        the queue holds those that waited for this agent, and one ``select`` per
-        connection would drain it slower than they arrive."""
-        while True:
+    def accept_some(self) -> None:
+        """The listening socket is readable: accept a batch (one from a blocking socket),
+        each connection handed to a thread, until the queue is empty or a stop is asked."""
+        batch = 1 if os.get_blocking(self.socket.fileno()) else ACCEPT_BATCH
+        for _ in range(batch):
+            if self.stopping.is_set():
+                return
             try:
                 request, client = self.get_request()
             except OSError:  # BlockingIOError: queue empty, or the other agent took it
                 return
+            with self._changed:
+                self._open.add(request)
             try:
                 self.process_request(request, client)
             except Exception:
                 self.handle_error(request, client)
                 self.shutdown_request(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._changed:  # forgotten before it is closed: drain never cuts a reused fd
+            self._open.discard(request)
+            self._changed.notify_all()
+        super().shutdown_request(request)
+
+    def drain(self, until: float) -> int:
+        """Wait until every accepted connection is answered and closed, or ``until``
+        (``time.monotonic()``); then shut down those still open, so their threads end.
+        Returns how many were cut."""
+        with self._changed:
+            while self._open and (left := until - time.monotonic()) > 0:
+                self._changed.wait(left)
+            cut = len(self._open)
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            end = time.monotonic() + ACCEPT_JOIN_S  # a cut connection's thread ends at once
+            while self._open and (left := end - time.monotonic()) > 0:
+                self._changed.wait(left)
+        return cut
 
 
 class _HealthHandler(BaseHTTPRequestHandler):
@@ -130,11 +174,11 @@ class HealthServer:
         with selectors.DefaultSelector() as sel:
             sel.register(self._server.socket, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
-            while True:
-                for key, _ in sel.select():
-                    if key.fileobj == self._wake_r:
-                        return
-                    self._server.handle_request_noblock()
+            while not self._server.stopping.is_set():
+                events = sel.select()
+                if any(key.fileobj == self._wake_r for key, _ in events):
+                    return
+                self._server.accept_some()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -153,10 +197,27 @@ class HealthServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting, finish the requests accepted, close the socket."""
+        """Stop accepting, answer what was accepted (for at most ``DRAIN_S``), close."""
+        self.stop_accepting()
+        self.finish(time.monotonic() + DRAIN_S)
+
+    def stop_accepting(self) -> None:
+        """Ask the serve thread to stop and give it ``ACCEPT_JOIN_S``: one blocked in
+        ``accept()`` on a blocking socket holds no connection, and is not waited for
+        (the process exits without it)."""
+        self._server.stopping.set()
         if self._thread.is_alive():
             os.write(self._wake_w, b"x")
-            self._thread.join()
+            self._thread.join(ACCEPT_JOIN_S)
+
+    def finish(self, until: float) -> None:
+        """Answer the connections accepted until ``until`` (``time.monotonic()``), cut
+        those still open, close the socket."""
+        if cut := self._server.drain(until):
+            log.warning("stopped waiting for %d connection(s) that sent no complete request "
+                        "in time; they were closed", cut)
+        if self._thread.is_alive():  # blocked in accept(): its socket and pipe stay open
+            return
         self._server.server_close()
         os.close(self._wake_r)
         os.close(self._wake_w)

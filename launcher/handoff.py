@@ -35,6 +35,8 @@ class Handoff:
     def __init__(self) -> None:
         self.sockets = HeldSockets()
         self.notify: NotifyServer | None = None
+        self.serving: Callable[[], bool] = lambda: False  # an agent still serves (overlap)
+        self._blocking: dict[int, bool] | None = None  # each socket's flag, as we hold it
 
     def adopt_systemd(self, environ: MutableMapping[str, str]) -> None:
         n = self.sockets.adopt_systemd(environ, os.getpid())
@@ -77,10 +79,31 @@ class Handoff:
         fds = self.sockets.fds()
         if not fds:
             return Child.start(label, argv, env, reaper)
+        self._restore_blocking(fds)
         pid = passfds.spawn(argv, env, fds, watchdog="WATCHDOG_USEC" in env)
         log.info("started %s (pid %d) with LISTEN_FDS=%d (%s): %s", label, pid, len(fds),
                  self.sockets.describe(), " ".join(argv))
         return Child(label, pid, reaper, time.monotonic())
+
+    def _restore_blocking(self, fds: Sequence[int]) -> None:
+        """``O_NONBLOCK`` is one flag of each socket, shared by the launcher and every
+        agent: one that set it (a Go or an asyncio server does) would hand it to the next
+        generation, which may well ``accept()`` blocking. So, as systemd does before every
+        exec, an agent gets the sockets as the launcher holds them (as bound, or as systemd
+        passed them); not while another agent still serves them (an overlap), which may
+        rely on what it set (the project's agent serves either way)."""
+        if self._blocking is None:  # the first agent: nothing has touched them yet
+            self._blocking = {fd: os.get_blocking(fd) for fd in fds}
+        if self.serving():
+            return
+        for fd in fds:
+            want = self._blocking.get(fd)
+            if want is not None and os.get_blocking(fd) != want:
+                log.info("the previous agent made listening socket fd %d %s; handing it on "
+                         "%s, as the launcher holds it", fd,
+                         "non-blocking" if want else "blocking",
+                         "blocking" if want else "non-blocking")
+                os.set_blocking(fd, want)
 
     def close(self) -> None:
         if self.notify is not None:

@@ -9,7 +9,8 @@ agent is started with ``fork`` and ``execve``, and the child, before it executes
   handlers runs in the child);
 - moves into its own process group (as ``posix_spawn(setpgroup=0)`` does);
 - duplicates the held sockets to 3, 4, ... (they sit at 64 and above in the launcher, so
-  no move overwrites one still to be moved), and stdin/stdout when asked;
+  no move overwrites one still to be moved; the error pipe, when it sits in that range,
+  is lifted above it first), and stdin/stdout when asked;
 - adds ``LISTEN_PID`` (and ``WATCHDOG_PID`` when a watchdog is given) to the environment.
 
 Only async-signal-safe work is left between fork and exec in spirit: the launcher is
@@ -21,6 +22,7 @@ exactly as ``posix_spawn`` does, so the keeper's handling of a missing binary is
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -70,6 +72,8 @@ def _child(path: str, argv: list[str], env: dict[str, str], fds: list[int], err_
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(sig, signal.SIG_DFL)
         os.setpgid(0, 0)
+        if err_w < SD_LISTEN_FDS_START + len(fds):  # a move would close it: lift it clear
+            err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, SD_LISTEN_FDS_START + len(fds))
         for i, fd in enumerate(fds):
             target = SD_LISTEN_FDS_START + i
             os.dup2(fd, target, inheritable=True)

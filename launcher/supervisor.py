@@ -91,6 +91,7 @@ class Supervisor:
         self.config = live_config.LiveConfig(res, self.watcher,
                                              self.config_file if reload else None, reload)
         self.keeper.spawn = self.handoff.spawn
+        self.handoff.serving = lambda: self.keeper.outgoing is not None
         self.updates = Updates(res, self._start_agent, self._exit)
         self.gate = Gate(res, self.updates.apply)  # hold, pin, window, install
         self.loop = res.loop
@@ -186,9 +187,8 @@ class Supervisor:
     def _shutdown(self) -> None:
         self.watcher.stop()
         self.checks.stop()
-        if self.keeper.running:
-            self.updates.note_trial_time()
-            self.keeper.stop()
+        self.updates.note_trial_time()
+        self.keeper.stop()  # the outgoing agent of an overlap too, while the current waits
         self.keeper.end_leftovers()
         if self.control is not None:
             self.control.close()
@@ -216,12 +216,14 @@ class Supervisor:
         self.checks.stop()
         self.watcher.stop()
         code = 0
-        if self.keeper.running:
-            self.updates.note_trial_time()
-            status = self.keeper.stop()
-            exit_code = decode_status(status)[0] if status is not None else 0
-            if exit_code not in (0, 128 + signal.SIGTERM):
-                code = exit_code
+        self.updates.note_trial_time()
+        # Whatever runs: an overlap's outgoing agent may serve while the current one is in
+        # crash backoff (not running), and it must not outlive a clean stop.
+        running = self.keeper.running
+        status = self.keeper.stop()
+        exit_code = decode_status(status)[0] if running and status is not None else 0
+        if exit_code not in (0, 128 + signal.SIGTERM):
+            code = exit_code
         self.keeper.end_leftovers()
         self.res.save_child("stopped")
         self._exit(code)

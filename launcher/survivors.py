@@ -1,8 +1,9 @@
 """Agents that outlived the launcher that started it (only the launcher was killed).
 
 A new launcher stops them before it starts its own agent or binds ``--listen``: the
-journaled agent (known by pid *and* start time), and any other process still running the
-agent binary of this state directory (an overlap's outgoing agent is journaled nowhere).
+journaled agent (known by pid *and* start time, whatever its command line says),
+and any other process still running the agent binary of this state directory (an
+overlap's outgoing agent is journaled nowhere).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ log = logging.getLogger(__name__)
 
 def stop_survivor(info: ChildInfo | None, grace_s: float, agent_path: str) -> bool:
     """Stop an agent that outlived the launcher that started it (only the launcher was
-    killed). A running one is known by its journaled pid *and* start time; one the launcher
-    was still starting when it died ("starting", no pid yet) by running our agent binary
-    and having started after the mark. Either way the process must run ``agent_path``
-    (compared as real paths), so a recycled pid is never touched. True when one was found;
+    killed). A running one is known by its journaled pid *and* start time alone: a
+    recycled pid does not start at the same instant, and an agent that is a wrapper which
+    exec'd its server no longer names our binary on its command line. One the launcher was
+    still starting when it died ("starting", no pid yet) is known by running ``agent_path``
+    (compared as real paths) and having started after the mark. True when one was found;
     it is stopped with its whole family before this returns."""
     if info is None or info.create_time is None:
         return False
@@ -33,10 +35,11 @@ def stop_survivor(info: ChildInfo | None, grace_s: float, agent_path: str) -> bo
         p = _process(info.pid)
         found = [p] if p is not None and _started_at(p, info.create_time, 0.05) else []
     elif info.state == "starting":
-        found = [p for p in psutil.process_iter() if _started_after(p, info.create_time - 1.0)]
+        found = [p for p in psutil.process_iter() if _started_after(p, info.create_time - 1.0)
+                 and _runs(p, agent_path)]
     else:
         return False
-    found = [p for p in found if p.pid != os.getpid() and _runs(p, agent_path)]
+    found = [p for p in found if p.pid != os.getpid()]
     if not found:
         return False
     log.warning("agent %s (pid %s) outlived the previous launcher; stopping it before "

@@ -4,6 +4,7 @@ the same results and the same errors; the trust rules of a 304 are unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -254,3 +255,109 @@ def test_a_trickled_head_ends_at_the_deadline() -> None:
         assert time.monotonic() - started < 10, "not ended by its deadline"
         stop.set()
         thread.join(5)
+
+
+REFUSED_HEADS = {
+    "a header line without a colon": b"this is not a header",
+    "a space before the colon": b'ETag : "v1"',
+    "a NUL in a value": b"X-A: a\x00b",
+    "a control character in a value": b"X-A: a\x01b",
+    "a DEL in a name": b"X\x7fA: b",
+    "a name that is not a token": b"X(A): b",
+    "an obs-fold first line": b" folded",
+    "an obs-fold line after a header": b"X-A: a\r\n\tfolded",
+    "two different Content-Length": b"Content-Length: 1\r\nContent-Length: 2",
+    "a list of different Content-Length": b"Content-Length: 1, 2",
+    "a Content-Length that is no number": b"Content-Length: -1",
+    "a Transfer-Encoding httpx refuses": b"Transfer-Encoding: gzip",
+}
+
+
+@pytest.fixture
+def answers() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback server answering each request with the next of its queued heads."""
+    import socket
+    import threading
+
+    queued: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(queued.pop(0))
+
+        threading.Thread(target=serve, daemon=True).start()
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}/version.json", queued
+
+
+@pytest.mark.parametrize("fields", list(REFUSED_HEADS.values()), ids=list(REFUSED_HEADS))
+def test_a_head_httpx_would_refuse_is_never_a_304(
+        answers: tuple[str, list[bytes]], fields: bytes) -> None:
+    """What h11 refuses as a protocol error (or a little more) is the full check, which
+    says what is wrong; a 304 is never read into it."""
+    url, queued = answers
+    queued.append(b"HTTP/1.1 304 Not Modified\r\n" + fields + b"\r\n\r\n")
+    assert not revalidate.not_modified(url, Validators(etag=ETAG), ca_file=None,
+                                       allow_http=True, deadline_s=5)
+    assert queued == []  # it was asked, and answered
+
+
+def test_a_plain_304_head_is_read() -> None:
+    """What real servers send: a reason or none, equal Content-Length values, a tab in a
+    value, latin-1 (obs-text) bytes, empty values."""
+    from launcher.sources import head
+
+    assert head.parse(b"HTTP/1.1 304") == (304, None)
+    assert head.parse(b"HTTP/1.0 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n"
+                      b"content-length: 5, 5\r\nX-A: a\tb \xe9\r\nX-B:\r\n"
+                      b"Transfer-Encoding: chunked") == (304, None)
+    assert head.parse(b"HTTP/1.1 302 Found\r\nLocation: /x") == (302, "/x")
+    for fields in REFUSED_HEADS.values():
+        with pytest.raises(ValueError):
+            head.parse(b"HTTP/1.1 304 Not Modified\r\n" + fields)
+
+
+def test_the_deadline_covers_every_address_of_the_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with four addresses that drop SYNs (listeners whose accept queue is full):
+    the connections share the one deadline; each used to get all of it (four times the
+    deadline)."""
+    import socket
+    import time
+
+    holes, fillers, addresses = [], [], []
+    try:
+        for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            hole = socket.socket()
+            hole.bind((ip, 0))
+            hole.listen(0)
+            holes.append(hole)
+            for _ in range(3):  # fill the accept queue: further SYNs are dropped
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(hole.getsockname())
+                fillers.append(filler)
+            addresses.append(hole.getsockname())
+        real = socket.getaddrinfo
+
+        def resolve(host: str, port: object, *args: Any, **kwargs: Any) -> Any:
+            if host != "updates.example":
+                return real(host, port, *args, **kwargs)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", a) for a in addresses]
+
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        started = time.monotonic()
+        assert not revalidate.not_modified("http://updates.example/version.json",
+                                           Validators(etag=ETAG), ca_file=None,
+                                           allow_http=True, deadline_s=2.0)
+        took = time.monotonic() - started
+    finally:
+        for s in holes + fillers:
+            s.close()
+    assert took < 5.0, f"{took:.1f}s for a 2 s deadline"

@@ -8,7 +8,8 @@ the request ``HttpSource.fetch`` would send, over a bare socket: the same valida
 same trust (certifi's bundle, or the same certificates as a hashed directory, plus
 ``--ca-file``; the host name checked); https on every hop
 unless plain http is allowed; at most :data:`MAX_REDIRECTS` redirects; each operation's
-timeout capped at the metadata deadline. It reads the response's head only.
+timeout capped at the metadata deadline, which also ends the whole exchange. It reads the
+response's head only, at least as strictly as httpx does (``launcher.sources.head``).
 
 Only a 304 is an answer here. Anything else (a new manifest, an error status, an interim
 1xx, a refused connection, a certificate that does not verify, a URL with credentials or
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
+from launcher.sources import head as response_head
 from launcher.sources.base import Validators
 
 if TYPE_CHECKING:
@@ -112,11 +114,10 @@ def _exchange(parts: SplitResult, request: bytes, context: ssl.SSLContext | None
               until: float) -> tuple[int, str | None]:
     """Send ``request``; read the response head: (status, the Location header or None).
     Each operation waits at most :data:`TIMEOUT_S`, and the whole exchange ends at ``until``
-    (``time.monotonic()``), a trickled head included."""
+    (``time.monotonic()``), the connection to each address and a trickled head included."""
     host = str(parts.hostname)
-    with socket.create_connection((host, parts.port or _PORTS[parts.scheme]),
-                                  timeout=_left(until)) as raw:
-        raw.settimeout(_left(until))
+    with _connect(host, parts.port or _PORTS[parts.scheme], until) as raw:
+        raw.settimeout(_left(until))  # the TLS handshake
         sock = context.wrap_socket(raw, server_hostname=host) if context else raw
         with sock:
             sock.settimeout(_left(until))
@@ -128,16 +129,28 @@ def _exchange(parts: SplitResult, request: bytes, context: ssl.SSLContext | None
                 if not chunk or len(head) > MAX_HEAD_BYTES:
                     raise ConnectionError("the response head ended early or is too long")
                 head += chunk
-    status_line, *fields = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    version, _, rest = status_line.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or not rest[:3].isdigit() or rest[3:4] not in (
-            b"", b" "):
-        raise ConnectionError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-    locations = [value.strip() for name, _, value in (f.partition(b":") for f in fields)
-                 if name.lower() == b"location"]
-    if len(locations) > 1:
-        raise ConnectionError("more than one Location header")
-    return int(rest[:3]), locations[0].decode("latin-1") if locations else None
+    return response_head.parse(head.split(b"\r\n\r\n", 1)[0])
+
+
+def _connect(host: str, port: int, until: float) -> socket.socket:
+    """A connection to the first of the host's addresses that answers, tried in order,
+    each with the time left until ``until`` (``socket.create_connection`` would give each
+    the whole timeout: three dead addresses, three times the deadline)."""
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_left(until))
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            if isinstance(exc, TimeoutError) and until <= time.monotonic():
+                break
+            continue
+        return sock
+    raise error
 
 
 def _left(until: float) -> float:
