@@ -8,6 +8,7 @@ own pid.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -84,6 +85,7 @@ def test_only_the_agents_process_group_counts() -> None:
         assert not belongs_to(os.getpid(), agent.pid)
         assert not belongs_to(2 ** 22 + 12345, agent.pid)  # no such process
     finally:
+        os.killpg(agent.pid, signal.SIGKILL)  # the group: the agent's own sleep too
         for p in (agent, other):
             p.kill()
             p.wait()
