@@ -122,7 +122,7 @@ def run_mode(mode: str, rounds: int, rate: float, work: Path) -> dict[str, Any]:
     launcher = subprocess.Popen(
         [str(VENV_PY.parent / "nginx-manager-launcher"), "run", "--state-dir", str(sdir),
          "--manifest-url", f"{base}/version.json", "--allow-http", "--allow-unsigned",
-         "--poll-interval", "0.3", "--jitter", "0", "--health-window", "1",
+         "--poll-interval", "0.3", "--jitter", "0", "--health-window", "2",
          "--health-url", url, *listen, *MODES[mode], "--", "run", "--health-addr", agent_addr],
         stdout=log, stderr=log, env=env_with_python3())
     swaps: list[tuple[float, float]] = []
