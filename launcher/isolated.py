@@ -24,13 +24,13 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4  # 0: the helper's /proc files (environ, fd, mem) are root's only
 
 # Runs before the helper's module: leave the launcher's working directory for /, lower its
-# CPU priority when asked (before its imports, which are most of its CPU), die with the
+# CPU priority when asked and allowed (before its imports, most of its CPU), die with the
 # parent (checked after arming, since the parent may have died first), then run the module
 # as __main__.
 _BOOT = (
     "import ctypes,os,runpy,signal,sys;"
-    "os.chdir('/');"
-    "os.nice({nice});"
+    "os.chdir('/')\n"
+    "{nice}"
     "p=int(sys.argv.pop(1));"
     "ctypes.CDLL(None).prctl({pdeath},signal.SIGKILL,0,0,0);"
     "os.getppid()==p or os._exit(1);"
@@ -43,8 +43,11 @@ _BOOT = (
 
 def argv(module: str, *args: str, parent: int, nice: int = 0) -> list[str]:
     """``python -I -c BOOT PARENT_PID MODULE ARGS...``; ``nice``: added to its niceness."""
+    # Lowering the priority is best effort: the systemd unit's seccomp filter (@resources)
+    # refuses setpriority, even nice(0), and there the helper runs at the launcher's.
+    lower = f"try:os.nice({int(nice)})\nexcept OSError:pass\n" if nice else ""
     boot = _BOOT.format(pdeath=PR_SET_PDEATHSIG, dumpable=PR_SET_DUMPABLE, root=PACKAGE_ROOT,
-                        nice=int(nice))
+                        nice=lower)
     return [sys.executable, "-I", "-c", boot, str(parent), module, *args]
 
 

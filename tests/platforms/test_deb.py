@@ -74,6 +74,7 @@ def test_lintian_reports_no_errors_or_warnings(deb: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.timeout(600)  # a whole second package build (the subprocess's own limit)
 def test_same_checkout_builds_the_same_bytes(wheels: Path, deb: Path, tmp_path: Path) -> None:
     """A second build, elsewhere and under another umask, is byte for byte the first."""
     again = subprocess.run(
