@@ -335,10 +335,12 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
         started = time.monotonic()
         patched = (_via_delta(source, client, s, version, binary, bin_dir, deadline / 2)
                    if binary.deltas else None)
+        left = (max(deadline - (time.monotonic() - started), deadline / 2) if binary.deltas
+                else deadline)  # no patch tried: the whole deadline, as configured
         staged = patched or _fetch(
             source, client, s, binary.url, bin_dir, sha256=binary.sha256, size=binary.size,
             extra={"version": version, "kind": "full"}, keep=_release_files(binary),
-            deadline_s=max(deadline - (time.monotonic() - started), deadline / 2))
+            deadline_s=left)
     faults.worker_fault("downloaded")
     try:
         preflight.preflight(staged, version)
