@@ -12,6 +12,7 @@ import hashlib
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,30 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
     src.close()
+
+
+@contextlib.contextmanager
+def trickled_request(sock: socket.socket, every_s: float) -> Iterator[None]:
+    """A client that sends its request one byte every ``every_s`` and never completes it,
+    from a thread, until the block ends (or the server cuts it)."""
+    done = threading.Event()
+
+    def trickle() -> None:
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n" * 4:
+            if done.wait(every_s):
+                return
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(every_s + 5)
 
 
 def open_fds(pid: int) -> set[str]:

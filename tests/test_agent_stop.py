@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import agent_health, free_port, wait_until
+from hostile import trickled_request
 
 ROOT = Path(__file__).resolve().parent.parent
 # Puts fd argv[1] at 3, names its own pid in LISTEN_PID and becomes the agent (argv[2:]).
@@ -147,35 +147,21 @@ def test_a_trickling_client_does_not_hold_off_the_stop(
     agent = run_agent(procs, port=port)
     wait_until(lambda: agent_health(health_url(port)), 30, "the agent")
     slow, late = (socket.create_connection(("127.0.0.1", port)) for _ in range(2))
-    done = threading.Event()
-
-    def trickle() -> None:
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n" * 4:
-            if done.wait(0.5):
-                return
-            try:
-                slow.send(bytes([byte]))
-            except OSError:
-                return
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
     try:
-        wait_until(lambda: _accepted(agent.pid, slow) and _accepted(agent.pid, late), 10,
-                   "both connections accepted")
-        started = time.monotonic()
-        agent.send_signal(signal.SIGTERM)
-        late.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-        late.settimeout(10)
-        answer = b""
-        while chunk := late.recv(4096):
-            answer += chunk
-        assert answer.startswith(b"HTTP/1.0 200 "), answer
-        assert agent.wait(20) == 0
-        took = time.monotonic() - started
+        with trickled_request(slow, 0.5):
+            wait_until(lambda: _accepted(agent.pid, slow) and _accepted(agent.pid, late), 10,
+                       "both connections accepted")
+            started = time.monotonic()
+            agent.send_signal(signal.SIGTERM)
+            late.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            late.settimeout(10)
+            answer = b""
+            while chunk := late.recv(4096):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.0 200 "), answer
+            assert agent.wait(20) == 0
+            took = time.monotonic() - started
     finally:
-        done.set()
-        thread.join(5)
         slow.close()
         late.close()
     assert took < 5.0, f"stopped {took:.1f}s after SIGTERM"  # DRAIN_S is 2 s

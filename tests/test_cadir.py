@@ -4,20 +4,17 @@ bundle, and it is trusted only while the bundle is the one it was built from."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import certifi
 import pytest
 import trustme
-from conftest import ROOT, unavailable
+from conftest import unavailable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,7 +22,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from release_server import ReleaseServer, tls_context
 from signing import Key, make_key
-from test_revalidate import ETAG, publish, request
+from test_revalidate import ETAG, in_a_worker, publish, request
 
 from launcher import worker
 from launcher.sources import cadir, revalidate
@@ -97,21 +94,6 @@ def public(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 def tls(ca: trustme.CA) -> Iterator[ReleaseServer]:
     with ReleaseServer(tls_context(ca)) as server:
         yield server
-
-
-def in_a_worker(req: dict[str, Any], bundle: Path) -> tuple[dict[str, Any], bool]:
-    """run_check in a fresh interpreter with ``bundle`` as certifi's: (result, httpx used)."""
-    code = ("import json,sys,certifi;from dataclasses import asdict;"
-            "from launcher import worker;from launcher.sources import revalidate;"
-            f"certifi.where=lambda:{str(bundle)!r};"
-            f"revalidate.certifi_bundle=lambda:{str(bundle)!r};"
-            "r=worker.run_check(json.load(sys.stdin));"
-            "print(json.dumps([asdict(r),'httpx' in sys.modules]))")
-    out = subprocess.run([sys.executable, "-I", "-c", f"import sys;sys.path.insert(0,"
-                          f"{str(ROOT)!r});{code}"], input=json.dumps(req), text=True,
-                         capture_output=True, timeout=60, check=True)
-    result, httpx_loaded = json.loads(out.stdout)
-    return result, httpx_loaded
 
 
 def test_a_full_check_builds_it_and_the_304_check_loads_it_instead_of_the_bundle(

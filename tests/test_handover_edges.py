@@ -14,7 +14,6 @@ import re
 import socket
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import ROOT, UpdateServer, free_port, run_cli, script_agent, wait_until
+from hostile import trickled_request
 from test_handover import bad, committed, health, start
 
 
@@ -152,28 +152,14 @@ def test_a_trickling_client_does_not_stall_a_stop_first_swap(
                 window="2")
     wait_until(lambda: committed(lch, "1.0.0") and health(port), 40, "1.0.0 up")
     slow = socket.create_connection(("127.0.0.1", port))
-    done = threading.Event()
-
-    def trickle() -> None:
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n" * 4:
-            if done.wait(3):
-                return
-            try:
-                slow.send(bytes([byte]))
-            except OSError:
-                return
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
     try:
-        server.publish("1.1.0", build("1.1.0"))
-        lch.wait_log(r"stopping agent 1\.0\.0", timeout=30)
-        stopping = time.monotonic()
-        wait_until(lambda: (health(port) or {}).get("version") == "1.1.0", 30, "1.1.0 answers")
-        waited = time.monotonic() - stopping
+        with trickled_request(slow, 3):
+            server.publish("1.1.0", build("1.1.0"))
+            lch.wait_log(r"stopping agent 1\.0\.0", timeout=30)
+            stopping = time.monotonic()
+            wait_until(lambda: (health(port) or {}).get("version") == "1.1.0", 30, "1.1.0 answers")
+            waited = time.monotonic() - stopping
     finally:
-        done.set()
-        thread.join(10)
         slow.close()
     assert "sending SIGKILL" not in lch.log()
     assert waited < 8.0, f"no answer for {waited:.1f}s during the swap"  # stop grace: 10 s

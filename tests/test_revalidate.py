@@ -62,10 +62,15 @@ def request(srv: ReleaseServer, key: Key, tmp_path: Path, ca_file: Path | None,
                 "version": "0.1.0", "serial": 7, "key": signer, "expires": expires}}}
 
 
-def in_a_worker(req: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """run_check in a fresh interpreter: (result, whether httpx was imported)."""
+def in_a_worker(req: dict[str, Any], bundle: Path | None = None) -> tuple[dict[str, Any], bool]:
+    """run_check in a fresh interpreter: (result, whether httpx was imported). ``bundle``:
+    a CA bundle that stands for certifi's, in both the full check and the no-change one."""
+    prelude = "" if bundle is None else (
+        "import certifi;from launcher.sources import revalidate;"
+        f"certifi.where=lambda:{str(bundle)!r};"
+        f"revalidate.certifi_bundle=lambda:{str(bundle)!r};")
     code = ("import json,sys;from dataclasses import asdict;from launcher import worker;"
-            "r=worker.run_check(json.load(sys.stdin));"
+            f"{prelude}r=worker.run_check(json.load(sys.stdin));"
             "print(json.dumps([asdict(r),'httpx' in sys.modules]))")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys;sys.path.insert(0,"
                           f"{str(ROOT)!r});{code}"], input=json.dumps(req), text=True,
