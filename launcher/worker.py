@@ -322,22 +322,26 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     max_bytes = int(s["max_binary_bytes"])
     diskspace.require_room(bin_dir, diskspace.build_size(binary.size, bin_dir, max_bytes),
                            int(s.get("disk_margin_bytes") or 0), version)
-    if isinstance(source, CarriesBinaries):  # an OCI registry or bundle: blobs, by digest
-        staged = source.stage_binary(binary, s["platform"], bin_dir, s, version=version)
-    elif urlsplit(binary.url).scheme == "oci":
+    carrier = source if isinstance(source, CarriesBinaries) else None  # OCI: by digest
+    if carrier is None and urlsplit(binary.url).scheme == "oci":
         raise ManifestError(f"binary URL {binary.url} names a blob of an OCI release: it "
                             "installs only from an OCI registry or layout source")
+    # One --download-deadline for the whole stage, so the resident's limit on the worker
+    # holds: a patch gets half of it, the full build what is left (at least the other half).
+    deadline = float(s["download_deadline_s"])
+    started = time.monotonic()
+    tries_patch = bool(binary.deltas) and (carrier is None or carrier.serves_patches)
+    patched = (_via_delta(source, client, s, version, binary, bin_dir, deadline / 2)
+               if tries_patch else None)
+    left = (max(deadline - (time.monotonic() - started), deadline / 2) if tries_patch
+            else deadline)  # no patch tried: the whole deadline, as configured
+    if patched is not None:
+        staged = patched
+    elif carrier is not None:
+        staged = carrier.stage_binary(binary, s["platform"], bin_dir, s, version=version,
+                                     deadline_s=left, keep=_release_files(binary))
     else:
-        # One --download-deadline for the whole stage, so the resident's limit on the worker
-        # holds: a patch gets half of it, the full build what is left (at least the other
-        # half).
-        deadline = float(s["download_deadline_s"])
-        started = time.monotonic()
-        patched = (_via_delta(source, client, s, version, binary, bin_dir, deadline / 2)
-                   if binary.deltas else None)
-        left = (max(deadline - (time.monotonic() - started), deadline / 2) if binary.deltas
-                else deadline)  # no patch tried: the whole deadline, as configured
-        staged = patched or _fetch(
+        staged = _fetch(
             source, client, s, binary.url, bin_dir, sha256=binary.sha256, size=binary.size,
             extra={"version": version, "kind": "full"}, keep=_release_files(binary),
             deadline_s=left)
@@ -389,6 +393,7 @@ def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version:
     the installed build, or using it failed: the caller downloads the full build)."""
     from launcher import delta
     from launcher.oneshot import sha256
+    from launcher.sources.base import CarriesBinaries
 
     installed = bin_dir / "agent"
     chosen = delta.choose(binary, sha256(installed))
@@ -398,10 +403,14 @@ def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version:
         return None
     assert binary.size is not None  # choose() returns a patch only for a sized build
     try:
-        patch = _fetch(source, client, s, chosen.url, bin_dir, sha256=chosen.sha256,
-                       size=chosen.size, extra={"version": version, "kind": "delta"},
-                       keep=_release_files(binary),
-                       deadline_s=deadline_s)
+        if isinstance(source, CarriesBinaries):
+            patch = source.stage_patch(binary, chosen, s["platform"], bin_dir, s,
+                                       version=version, deadline_s=deadline_s,
+                                       keep=_release_files(binary))
+        else:
+            patch = _fetch(source, client, s, chosen.url, bin_dir, sha256=chosen.sha256,
+                           size=chosen.size, extra={"version": version, "kind": "delta"},
+                           keep=_release_files(binary), deadline_s=deadline_s)
         try:
             rebuilt = delta.apply_patch(installed, patch, bin_dir,
                                         expected_sha256=binary.sha256,

@@ -7,7 +7,8 @@ The artifact's layout is ``launcher/sources/artifact.py``'s (the launcher reads 
 writes, from the same definitions): an image index under the tag, one image manifest per
 platform whose layer is the build, and one whose layers are the signed ``version.json`` and
 ``version.json.minisig``. In that ``version.json`` each binary's ``url`` is
-``oci:sha256:<hex>``, so the same signed bytes install from the registry, a mirror or a copy.
+``oci:sha256:<hex>``, so the same signed bytes install from the registry, a mirror or a copy;
+so is each patch's (``--delta-from``), a layer of the platform's manifest after the build.
 
 The order keeps pullers safe, as for a release directory: blobs first, then the manifests
 by digest, and the tag last (``PUT /v2/REPO/manifests/TAG``); in a layout, the blobs, then
@@ -58,17 +59,28 @@ def oci_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def patch_entry(base_sha256: str, patch: bytes) -> dict[str, object]:
+    """The signed manifest's entry for a patch carried in the artifact (``deltas``)."""
+    from release_deltas import patch_entry as entry
+
+    return entry(f"{artifact.BLOB_URL_PREFIX}{artifact.digest_of(patch)}", base_sha256, patch)
+
+
 def build(version: str, builds: dict[str, tuple[Path, str, int]], body: bytes,
-          signature: bytes | None) -> Artifact:
-    """The artifact of ``builds`` (platform to file, sha256, size) and the signed manifest."""
+          signature: bytes | None,
+          patches: dict[str, list[tuple[bytes, str]]] | None = None) -> Artifact:
+    """The artifact of ``builds`` (platform to file, sha256, size) and the signed manifest;
+    ``patches`` (platform to patch bytes and file name) are layers after the build."""
     out = Artifact(version)
     out.blobs[artifact.digest_of(artifact.EMPTY_BLOB)] = lambda: artifact.EMPTY_BLOB
     platforms: dict[str, artifact.Descriptor] = {}
     for platform, (path, sha256, size) in sorted(builds.items()):
         layer = artifact.Descriptor(artifact.BINARY_TYPE, f"sha256:{sha256}", size)
         out.blobs[layer.digest] = lambda path=path: b"".join(read_chunks(path))  # type: ignore[misc]
+        extra = [(_small(out, data, artifact.PATCH_TYPE), name)
+                 for data, name in (patches or {}).get(platform, [])]
         platforms[platform] = _manifest(out, artifact.AGENT_TYPE, [
-            (layer, PLATFORM_FILE.format(platform=platform))])
+            (layer, PLATFORM_FILE.format(platform=platform)), *extra])
     layers = [(_small(out, body, artifact.MANIFEST_TYPE), "version.json")]
     if signature is not None:
         layers.append((_small(out, signature, artifact.SIGNATURE_TYPE), "version.json.minisig"))

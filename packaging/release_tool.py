@@ -7,7 +7,7 @@
                                               [--channel NAME] [--delta-from FILE|VERSION ...]
     python3 packaging/release_tool.py VERSION --oci-push oci://HOST/REPO:TAG | --oci-layout DIR
                                               [--registry-credentials FILE] [--ca-file FILE]
-                                              [--channel NAME]
+                                              [--channel NAME] [--delta-from FILE ...]
     python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
                                               FILE] [--expires-in DAYS | --no-expires]
     python3 packaging/release_tool.py promote VERSION --to CHANNEL [--from CHANNEL]
@@ -56,8 +56,11 @@ With ``--oci-push oci://HOST[:PORT]/REPO:TAG`` (repeatable; ``--registry-credent
 ``--ca-file FILE``) and/or ``--oci-layout DIR`` nothing is published into a release
 directory: the release goes to a registry as an OCI artifact, or into DIR as an OCI image
 layout (an offline bundle), see ``oci_release.py``. Both need the venv's Python. ``--channel
-NAME`` is the signed manifest's channel (and, in a layout, the index entry's ref name);
-``--delta-from`` is refused there (exit 2): an OCI release carries full builds only.
+NAME`` is the signed manifest's channel (and, in a layout, the index entry's ref name).
+``--delta-from FILE`` adds each patch as a layer of the platform's manifest, after the
+build, and lists it in the signed manifest by digest (``oci:sha256:<hex>``); a launcher
+pulling from a registry or mirror uses it as from a release directory, one installing
+from a layout copies the full build (a local copy costs less than rebuilding).
 
 Exit codes: 0 published; 2 bad arguments (version, missing binary); 1 anything else.
 Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py) and
@@ -73,6 +76,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -281,24 +285,33 @@ def _delta_bases(spec: str, release_dir: Path | None) -> dict[str, Path]:
     return bases
 
 
-def _write_deltas(bases: dict[str, dict[str, Path]], files: dict[str, tuple[str, int]],
-                  out_dir: Path, url_base: str) -> dict[str, list[dict[str, object]]]:
-    """Write each platform's patches from ``bases`` into ``out_dir``; their manifest entries.
+@dataclass(frozen=True)
+class Patch:
+    label: str  # the base's VERSION, or the first 12 hex of its sha256
+    base_sha256: str
+    data: bytes
 
-    A patch is not published when its base is the new build itself or when it is not
+    def name(self, platform: str) -> str:
+        return f"agent-{platform}.from-{self.label}.zst"
+
+
+def _make_deltas(bases: dict[str, dict[str, Path]],
+                 builds: dict[str, tuple[Path, str, int]]) -> dict[str, list[Patch]]:
+    """Each platform's patches from ``bases`` to its build in ``builds`` (file, sha256,
+    size). A patch is left out when its base is the new build itself or when it is not
     smaller than the build. Identical (base, build) pairs are computed once."""
-    from release_deltas import make_patch, patch_entry
+    from release_deltas import make_patch
 
     made: dict[tuple[str, str], bytes | None] = {}
-    patches: dict[str, list[dict[str, object]]] = {p: [] for p in files}
+    patches: dict[str, list[Patch]] = {p: [] for p in builds}
     for spec, per_platform in bases.items():
-        for platform, (sha, size) in files.items():
+        for platform, (new, sha, size) in builds.items():
             base = per_platform[platform]
             base_sha = hashlib.sha256(base.read_bytes()).hexdigest()
-            if base_sha == sha or any(e["from_sha256"] == base_sha for e in patches[platform]):
+            if base_sha == sha or any(x.base_sha256 == base_sha for x in patches[platform]):
                 continue
             if (base_sha, sha) not in made:
-                patch = make_patch(base, out_dir / f"agent-{platform}")
+                patch = make_patch(base, new)
                 made[(base_sha, sha)] = patch if len(patch) < size else None
             patch_bytes = made[(base_sha, sha)]
             label = spec if not Path(spec).is_file() else base_sha[:12]
@@ -306,12 +319,26 @@ def _write_deltas(bases: dict[str, dict[str, Path]], files: dict[str, tuple[str,
                 print(f"delta from {label} for {platform} not published: not smaller than "
                       f"the build ({size} bytes)")
                 continue
-            name = f"agent-{platform}.from-{label}.zst"
-            write_atomically(out_dir / name, [patch_bytes], 0o644)
-            patches[platform].append(patch_entry(f"{url_base}/{name}", base_sha, patch_bytes))
+            patches[platform].append(Patch(label, base_sha, patch_bytes))
             print(f"delta from {label} for {platform}: {len(patch_bytes)} bytes "
                   f"({100 * len(patch_bytes) / size:.1f}% of {size})")
     return patches
+
+
+def _write_deltas(bases: dict[str, dict[str, Path]], files: dict[str, tuple[str, int]],
+                  out_dir: Path, url_base: str) -> dict[str, list[dict[str, object]]]:
+    """Each platform's patches from ``bases`` written into ``out_dir`` beside its build
+    (``agent-PLATFORM``); their manifest entries."""
+    from release_deltas import patch_entry
+
+    builds = {p: (out_dir / f"agent-{p}", sha, size) for p, (sha, size) in files.items()}
+    entries: dict[str, list[dict[str, object]]] = {}
+    for platform, patches in _make_deltas(bases, builds).items():
+        for patch in patches:
+            write_atomically(out_dir / patch.name(platform), [patch.data], 0o644)
+        entries[platform] = [patch_entry(f"{url_base}/{x.name(platform)}", x.base_sha256,
+                                         x.data) for x in patches]
+    return entries
 
 
 def _list_deltas(manifest: dict[str, Any], patches: dict[str, list[dict[str, object]]]) -> None:
@@ -333,14 +360,19 @@ def publish_oci(
     expires_in_days: float | None = DEFAULT_EXPIRES_DAYS,
     serial: int | None = None,
     channel: str = "stable",
+    delta_from: Sequence[str] = (),
     log: Any = print,
 ) -> dict[str, Any]:
     """The release as an OCI artifact: pushed to each of ``push_urls`` and/or written as an
-    image layout in ``layout_dir`` (see ``oci_release.py``); return the signed manifest."""
+    image layout in ``layout_dir`` (see ``oci_release.py``); return the signed manifest.
+
+    ``delta_from``: earlier builds (FILEs) to add patches from, as layers of each platform's
+    manifest, listed in the signed manifest's ``deltas`` by digest."""
     import oci_release  # imports the launcher package's artifact definitions
 
     check_version(version)
     check_channel(channel)
+    bases = {spec: _delta_bases(spec, None) for spec in delta_from}
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
     secret = load_sign_key(sign_key) if sign_key is not None else None
@@ -362,13 +394,17 @@ def publish_oci(
             digest.update(chunk)
             size += len(chunk)
         files = {platform: (digest.hexdigest(), size) for platform in PLATFORMS}
+        builds = {p: (source, sha, n) for p, (sha, n) in files.items()}
+        patches = _make_deltas(bases, builds)
         date = format_release_date(release_date or now)
-        manifest = oci_release.oci_manifest(stamp(build_manifest(version, "oci:", date, files),
-                                                  channel=channel, **fresh))
+        built = build_manifest(version, "oci:", date, files)
+        _list_deltas(built, {p: [oci_release.patch_entry(x.base_sha256, x.data) for x in xs]
+                             for p, xs in patches.items()})
+        manifest = oci_release.oci_manifest(stamp(built, channel=channel, **fresh))
         body = (json.dumps(manifest, indent=2) + "\n").encode()
         release = oci_release.build(
-            version, {p: (source, sha, n) for p, (sha, n) in files.items()}, body,
-            sign(body, secret) if secret is not None else None)
+            version, builds, body, sign(body, secret) if secret is not None else None,
+            patches={p: [(x.data, x.name(p)) for x in xs] for p, xs in patches.items()})
         if layout_dir is not None:
             oci_release.write_layout(Path(layout_dir), release, channel)
             log(f"wrote OCI layout {layout_dir} = {release.index_digest} (version {version})")
@@ -413,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta-from", action="append", default=[], metavar="FILE|VERSION",
                         help="also publish patches from this earlier build (a file, or a "
                              "version published in --release-dir) to the new one, per "
-                             "platform; repeatable; not with --oci-push/--oci-layout")
+                             "platform; repeatable; with --oci-push/--oci-layout, a file")
     parser.add_argument("--oci-push", metavar="oci://HOST[:PORT]/REPO:TAG", action="append",
                         help="push the release to a registry as an OCI artifact instead; "
                              "repeatable (the same release to each, e.g. a mirror)")
@@ -452,15 +488,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main_oci(args: argparse.Namespace) -> int:
     from oci_release import PushError
 
-    if args.delta_from:
-        print("release-local: error: --delta-from is not supported with --oci-push or "
-              "--oci-layout (an OCI release carries full builds only); publish without it",
-              file=sys.stderr)
-        return 2
     _, code = run_command(lambda: publish_oci(
         args.version, push_urls=tuple(args.oci_push or ()), layout_dir=args.oci_layout,
         binary=args.binary, sign_key=args.sign_key, credentials=args.registry_credentials,
         ca_file=args.ca_file, serial=args.serial, channel=args.channel,
+        delta_from=args.delta_from,
         expires_in_days=None if args.no_expires else args.expires_in), (PushError, OSError))
     return code
 

@@ -452,3 +452,97 @@ def test_a_blob_cut_on_the_mirror_resumes_from_the_origin(
     from_origin = [r for host, r in ranges if host == origin.host]
     assert from_origin and from_origin[0] is not None and from_origin[0] != "bytes=0-", ranges
 
+
+
+def own_pair(tmp_path: Path, repo: str) -> tuple[Path, Path]:
+    """Two 1 MiB builds of this test's own (blobs are shared by every repository of the
+    registry), alike but for their version: the patch between them is a few hundred bytes."""
+    old, new = (script_agent(tmp_path / f"agent-{v}", v, f"# {repo}\nsleep 60") for v in
+                ("0.1.1", "0.1.2"))
+    for path in (old, new):
+        with path.open("a") as f:
+            f.write(("#" * 1023 + "\n") * 1024)
+    return old, new
+
+
+def blob_requests(client: httpx.Client) -> list[str]:
+    """The digests of the blobs ``client`` asks for, in order."""
+    asked: list[str] = []
+    client.event_hooks["request"].append(
+        lambda r: asked.append(r.url.path.rsplit("/", 1)[1]) if "/blobs/" in r.url.path
+        else None)
+    return asked
+
+
+def test_the_release_tool_pushes_patches_and_a_launcher_rebuilds_from_one(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        launcher: Callable[..., Launcher], build: Callable[[str], Path]) -> None:
+    """``--oci-push --delta-from FILE``: the patch is a layer of the platform's manifest,
+    signed by digest; a real launcher on the base updates through the registry from it."""
+    old, new = build("0.1.1"), build("0.1.2")
+    url = f"oci://{origin.host}/{repo}:stable"
+    push("0.1.1", old, key, creds, ca_file, url)
+    lch = launcher()
+    lch.start(*https_args(lch, "--manifest-url", url, ca_file=ca_file,
+                          public_keys=(key.public,)),
+              "--registry-credentials", str(creds), "--seed-binary", str(old))
+    lch.wait_state(lambda s: s.get("phase") == "committed", what="0.1.1 committed")
+    pushed = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "release_tool.py"), "0.1.2", "--binary",
+         str(new), "--sign-key", str(key.secret), "--oci-push", url, "--delta-from", str(old),
+         "--registry-credentials", str(creds), "--ca-file", str(ca_file)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert pushed.returncode == 0, pushed.stderr
+    assert re.search(r"delta from [0-9a-f]{12} for linux-amd64: \d+ bytes", pushed.stdout)
+    lch.wait_log(r"rebuilt 0\.1\.2 from a \d+ byte patch", timeout=30)
+    lch.wait_state(lambda s: s.get("phase") == "committed"
+                   and s["current"]["version"] == "0.1.2", what="0.1.2 committed")
+    assert (lch.state_dir / "bin" / "agent").read_bytes() == new.read_bytes()
+    assert lch.stop() == 0
+
+
+@pytest.mark.parametrize("case", ["patched", "tampered", "other_base", "unlisted"])
+def test_a_patch_from_the_registry_or_the_full_build(
+        case: str, origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With the base installed the patch blob is pulled, not the build's; a patch whose
+    stored bytes were changed, an installed build that is not the base, or a patch the
+    platform's manifest does not list (only the signed manifest does) each end in the
+    full build, staged as signed."""
+    old, new = own_pair(tmp_path, repo)
+    url = f"oci://{origin.host}/{repo}:stable"
+    manifest = release_tool.publish_oci("0.1.2", push_urls=(url,), binary=new,
+                                        sign_key=key.secret, credentials=creds,
+                                        ca_file=ca_file, delta_from=[str(old)],
+                                        log=lambda _: None)
+    (listed,) = manifest["binaries"]["linux-amd64"]["deltas"]
+    patch, full = "sha256:" + listed["sha256"], "sha256:" + manifest["binaries"][
+        "linux-amd64"]["sha256"]
+    assert listed["url"] == "oci:" + patch and listed["size"] < 5_000
+    state = tmp_path / "state"
+    (state / "bin").mkdir(parents=True)
+    (state / "bin" / "agent").write_bytes(old.read_bytes()
+                                          + (b"\n" if case == "other_base" else b""))
+    if case == "tampered":
+        blob = origin.blob_file(patch)
+        blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    if case == "unlisted":  # the same signed manifest, pushed without the patch layers
+        body = json.dumps(manifest, indent=2).encode() + b"\n"
+        bare = oci_release.build("0.1.2", {p: (new, full[7:], new.stat().st_size) for p in
+                                           release_tool.PLATFORMS},
+                                 body, release_tool.sign(body, key.loaded()))
+        oci_release.push(url, bare, credentials=creds, ca_file=ca_file, log=lambda _: None)
+    caplog.set_level(logging.INFO, logger="launcher")
+    with make_client(ca_file=str(ca_file)) as client:
+        asked = blob_requests(client)
+        result = stage(settings(url, tmp_path, ca_file, key, registry_credentials=str(creds)),
+                       client)
+    assert result.outcome == "staged", result
+    assert (state / "bin" / str(result.file)).read_bytes() == new.read_bytes()
+    binaries = [d for d in asked if d in (patch, full)]
+    expected = {"patched": [patch], "tampered": [patch, full], "other_base": [full],
+                "unlisted": [full]}[case]
+    assert binaries == expected, asked
+    if case in ("tampered", "unlisted"):
+        assert "downloading the full build" in caplog.text
+    assert {p.name for p in (state / "bin").iterdir()} == {"agent", result.file}

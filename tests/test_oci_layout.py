@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 import release_tool
 from conftest import ROOT, Launcher, https_args, run_cli, unavailable
+from hostile import sleeper
 from oci_registry import RegistryProcess
 from signing import Key, make_key
 
@@ -68,25 +71,32 @@ def test_offline_bundle_installs_and_updates_from_file_dir(
     assert lch.stop() == 0
 
 
+def skopeo_copy(bundle: Path, target: str, ca_file: Path, tmp_path: Path) -> tuple[str, Path]:
+    """``skopeo copy --all oci:BUNDLE:stable docker://TARGET``; skopeo's path and the
+    directory of certificates it trusts."""
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        unavailable("skopeo is not installed (apt-get install -y skopeo)")
+    assert skopeo is not None
+    certs = tmp_path / "certs"
+    certs.mkdir(exist_ok=True)
+    shutil.copy(ca_file, certs / "ca.crt")
+    copied = subprocess.run(
+        [skopeo, "copy", "--all", "--dest-cert-dir", str(certs), f"oci:{bundle}:stable",
+         f"docker://{target}"], capture_output=True, text=True, timeout=120, check=False)
+    assert copied.returncode == 0, copied.stderr
+    return skopeo, certs
+
+
 def test_skopeo_copies_the_bundle_into_a_registry_that_then_serves_it(
         tmp_path: Path, key: Key, ca_file: Path, registry: RegistryProcess,
         build: Callable[[str], Path]) -> None:
     """``skopeo copy --all oci:DIR:stable docker://...`` takes the bundle as it is (digests
     kept), and a launcher checking the copy finds the signed release."""
-    skopeo = shutil.which("skopeo")
-    if skopeo is None:
-        unavailable("skopeo is not installed (apt-get install -y skopeo)")
-    assert skopeo is not None
     bundle = tmp_path / "bundle"
     write_layout(bundle, "0.1.1", build("0.1.1"), key)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    shutil.copy(ca_file, certs / "ca.crt")
-    copied = subprocess.run(
-        [skopeo, "copy", "--all", "--dest-cert-dir", str(certs), f"oci:{bundle}:stable",
-         f"docker://{registry.host}/copied/agent:stable"],
-        capture_output=True, text=True, timeout=120, check=False)
-    assert copied.returncode == 0, copied.stderr
+    skopeo, certs = skopeo_copy(bundle, f"{registry.host}/copied/agent:stable", ca_file,
+                                tmp_path)
     raw = subprocess.run([skopeo, "inspect", "--raw", "--cert-dir", str(certs),
                           f"docker://{registry.host}/copied/agent:stable"],
                          capture_output=True, check=True, timeout=60).stdout
@@ -157,16 +167,84 @@ def test_a_bundle_for_another_channel_installs_on_that_channel(
     assert body is not None and json.loads(body)["channel"] == "beta"
 
 
-def test_delta_from_with_an_oci_release_is_refused(tmp_path: Path, key: Key,
-                                                    build: Callable[[str], Path]) -> None:
-    """An OCI release carries full builds only: ``--delta-from`` is a clear error (exit 2),
-    and nothing is written."""
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    """Two 1 MiB script builds alike but for their version: a patch of a few hundred bytes."""
+    return sleeper(tmp_path, "0.1.1", pad=1 << 20), sleeper(tmp_path, "0.1.2", pad=1 << 20)
+
+
+def bundle_settings(bundle: Path, key: Key, state: Path) -> dict[str, Any]:
+    return {"manifest_url": f"file://{bundle}", "public_keys": [str(key.public)],
+            "platform": "linux-amd64", "state_dir": str(state), "max_binary_bytes": 1 << 30,
+            "download_deadline_s": 60.0, "min_speed_bps": 1.0}
+
+
+def test_a_bundle_carries_patches_and_installs_the_full_build(
+        tmp_path: Path, key: Key, caplog: pytest.LogCaptureFixture) -> None:
+    """``--oci-layout --delta-from FILE``: each platform's manifest has the patch as a layer
+    after the build, and the signed manifest names it by digest; a launcher on the base
+    installing from the bundle copies the full build (a local copy costs less than a
+    rebuild)."""
+    old, new = pair(tmp_path)
+    bundle = tmp_path / "bundle"
+    write_layout(bundle, "0.1.2", new, key, "--delta-from", str(old))
+    body = LayoutSource(bundle).fetch(None).body
+    assert body is not None
+    (listed,) = json.loads(body)["binaries"]["linux-amd64"]["deltas"]
+    assert listed["url"] == f"oci:sha256:{listed['sha256']}"
+    assert listed["from_sha256"] == hashlib.sha256(old.read_bytes()).hexdigest()
+    patch_blob = bundle / "blobs" / "sha256" / listed["sha256"]
+    assert patch_blob.stat().st_size == listed["size"] < new.stat().st_size // 10
+    documents = [json.loads(p.read_bytes()) for p in (bundle / "blobs" / "sha256").iterdir()
+                 if p.stat().st_size < 4096 and p.read_bytes().startswith(b"{")]
+    titles = sorted([x["annotations"]["org.opencontainers.image.title"] for x in d["layers"]]
+                    for d in documents if any(x["digest"] == "sha256:" + listed["sha256"]
+                                              for x in d.get("layers", [])))
+    label = listed["from_sha256"][:12]
+    assert titles == [[f"agent-{p}", f"agent-{p}.from-{label}.zst"]
+                      for p in ("linux-amd64", "linux-arm64")]
+    state = tmp_path / "state"
+    (state / "bin").mkdir(parents=True)
+    (state / "bin" / "agent").write_bytes(old.read_bytes())
+    caplog.set_level(logging.INFO, logger="launcher")
+    result = run_check({"host_id": "h", "stage": True,
+                        "settings": bundle_settings(bundle, key, state)})
+    assert result.outcome == "staged", result
+    assert (state / "bin" / str(result.file)).read_bytes() == new.read_bytes()
+    assert "rebuilt" not in caplog.text
+
+
+def test_skopeo_carries_the_patches_and_a_launcher_on_the_copy_rebuilds_from_one(
+        tmp_path: Path, key: Key, ca_file: Path, registry: RegistryProcess,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The patch layers travel with the bundle: copied by skopeo into a registry, the
+    release there gives a launcher on the base its patch, as the release tool's push does."""
+    old, new = pair(tmp_path)
+    bundle = tmp_path / "bundle"
+    write_layout(bundle, "0.1.2", new, key, "--delta-from", str(old))
+    skopeo_copy(bundle, f"{registry.host}/copied/patched:stable", ca_file, tmp_path)
+    state = tmp_path / "state"
+    (state / "bin").mkdir(parents=True)
+    (state / "bin" / "agent").write_bytes(old.read_bytes())
+    caplog.set_level(logging.INFO, logger="launcher")
+    result = run_check({"host_id": "h", "stage": True, "settings": {
+        **bundle_settings(bundle, key, state), "ca_file": str(ca_file),
+        "manifest_url": f"oci://{registry.host}/copied/patched:stable"}})
+    assert result.outcome == "staged", result
+    assert (state / "bin" / str(result.file)).read_bytes() == new.read_bytes()
+    assert re.search(r"rebuilt 0\.1\.2 from a \d+ byte patch", caplog.text), caplog.text
+
+
+def test_delta_from_a_version_needs_a_release_directory(tmp_path: Path, key: Key,
+                                                         build: Callable[[str], Path]) -> None:
+    """An OCI release takes patches from files: ``--delta-from VERSION`` there is a clear
+    error (exit 2), and nothing is written."""
     bundle = tmp_path / "bundle"
     done = release_tool_cli("0.1.2", "--binary", str(build("0.1.2")), "--sign-key",
                             str(key.secret), "--oci-layout", str(bundle), "--delta-from",
-                            str(build("0.1.1")))
+                            "0.1.1")
     assert done.returncode == 2, done
-    assert "--delta-from is not supported with --oci-push or --oci-layout" in done.stderr
+    assert "--delta-from 0.1.1: no such file (a VERSION needs a release directory)" \
+        in done.stderr
     assert not bundle.exists()
 
 

@@ -85,6 +85,28 @@ def test_index_entries_and_layers() -> None:
         artifact.check_binary_layer(layer, layer.hex, 5, "https://x/agent", "linux-amd64")
 
 
+def test_a_patch_layer_must_be_the_signed_patch() -> None:
+    """The platform's manifest lists its patches after the build; the one the signed
+    manifest names is used only under its own digest, size and oci: URL."""
+    build, patch = artifact.blob(b"build", artifact.BINARY_TYPE), artifact.blob(
+        b"patch", artifact.PATCH_TYPE)
+    body = artifact.image_manifest(artifact.AGENT_TYPE, [(build, "agent"), (patch, "p.zst")])
+    layers = artifact.platform_layers(body, "doc")
+    assert layers.binary == build and layers.patches == {patch.digest: patch}
+    url = f"oci:{patch.digest}"
+    assert artifact.check_patch_layer(layers, patch.hex, 5, url, "linux-amd64") == patch
+    with pytest.raises(ManifestError, match="is not oci:sha256:"):
+        artifact.check_patch_layer(layers, patch.hex, 5, "https://x/p.zst", "linux-amd64")
+    with pytest.raises(ChecksumError, match=r"size mismatch .* 5 bytes, the signed manifest 6"):
+        artifact.check_patch_layer(layers, patch.hex, 6, url, "linux-amd64")
+    other = "ab" * 32
+    with pytest.raises(ManifestError, match=f"has no patch layer sha256:{other}"):
+        artifact.check_patch_layer(layers, other, 5, f"oci:sha256:{other}", "linux-amd64")
+    only_patches = artifact.image_manifest(artifact.AGENT_TYPE, [(patch, "p.zst")])
+    with pytest.raises(ManifestError, match="has no layer of type"):
+        artifact.platform_layers(only_patches, "doc")
+
+
 def test_a_blob_redirected_to_storage_carries_no_credentials(tmp_path: Path) -> None:
     """The registry's token goes to the registry; its redirect to blob storage (another
     origin) is followed without it, and a redirect to plain http is refused."""
@@ -219,9 +241,11 @@ def test_wrong_types_anywhere_in_oci_documents_are_manifest_errors() -> None:
     layer = artifact.blob(b"build", artifact.BINARY_TYPE)
     signed = artifact.blob(b"m", artifact.MANIFEST_DOC_TYPE)
     index = json.loads(artifact.image_index("0.1.1", signed, {"linux-amd64": layer}))
-    manifest = json.loads(artifact.image_manifest(artifact.AGENT_TYPE, [(layer, "agent")]))
+    patch = artifact.blob(b"patch", artifact.PATCH_TYPE)
+    manifest = json.loads(artifact.image_manifest(artifact.AGENT_TYPE,
+                                                  [(layer, "agent"), (patch, "agent.zst")]))
     readers = [artifact.parse_index, artifact.parse_layers, artifact.signed_manifest_layers,
-               artifact.binary_layer]
+               artifact.platform_layers]
     refused = 0
     for document in (index, manifest):
         for changed in _mutations(document):

@@ -5,7 +5,8 @@ The tag names an image index; each entry is an image manifest whose one layer is
     index (application/vnd.oci.image.index.v1+json, the tag points here)
       manifests[]:
         platform {os: linux, architecture: amd64}   artifactType AGENT_TYPE
-          -> manifest: config EMPTY, layers [agent-linux-amd64 (BINARY_TYPE)]
+          -> manifest: config EMPTY, layers [agent-linux-amd64 (BINARY_TYPE),
+                                             agent-linux-amd64.from-BASE.zst (PATCH_TYPE)...]
         platform {os: linux, architecture: arm64}   artifactType AGENT_TYPE
           -> manifest: config EMPTY, layers [agent-linux-arm64 (BINARY_TYPE)]
         (no platform)                               artifactType RELEASE_TYPE
@@ -17,11 +18,14 @@ rewrite the index (skopeo 1.9 drops the entries' ``artifactType``): the signed m
 entry is then the one without a platform; the manifests themselves are never rewritten, as
 their digests name them. In the signed
 ``version.json`` of such a release each binary's ``url`` is ``oci:sha256:<hex>``: the blob of
-that digest in the same artifact, wherever it is served from (registry, mirror, layout).
+that digest in the same artifact, wherever it is served from (registry, mirror, layout),
+and so is each of its ``deltas``' ``url``: the patches are layers of the platform's
+manifest after the build (so a copying tool or a pull-through cache carries them too).
 
 Nothing here is trusted: the signed ``version.json`` is. The launcher checks every document
 it reads against the digest it was asked for (:func:`check_digest`), and the platform's
-layer against the signed sha256 and size (:func:`check_binary_layer`). Standard library
+layer against the signed sha256 and size (:func:`check_binary_layer`), a patch's layer
+likewise (:func:`check_patch_layer`). Standard library
 only: the release tool builds with it too.
 """
 
@@ -42,6 +46,7 @@ EMPTY_BLOB = b"{}"
 RELEASE_TYPE = "application/vnd.nginx-manager.release.v1"
 AGENT_TYPE = "application/vnd.nginx-manager.agent.v1"
 BINARY_TYPE = "application/vnd.nginx-manager.agent.binary.v1"
+PATCH_TYPE = "application/vnd.nginx-manager.agent.patch.v1"  # format: the signed delta's
 MANIFEST_TYPE = "application/vnd.nginx-manager.manifest.v1+json"
 SIGNATURE_TYPE = "application/vnd.nginx-manager.manifest.signature.v1"
 TITLE = "org.opencontainers.image.title"
@@ -129,17 +134,21 @@ def parse_index(body: bytes, where: str) -> Release:
     return Release(manifest=chosen[0], platforms=platforms)
 
 
-def parse_layers(body: bytes, where: str) -> dict[str, Descriptor]:
-    """An image manifest's layers by media type (the first of each)."""
+def layer_list(body: bytes, where: str) -> list[Descriptor]:
+    """An image manifest's layers, in order."""
     document = load_document(body, where)
     layers = document.get("layers")
     if not isinstance(layers, list):
         raise ManifestError(f"{where} is not an OCI image manifest (no 'layers' list)")
+    if not all(isinstance(layer, dict) for layer in layers):
+        raise ManifestError(f"{where}: a layer is not an object")
+    return [descriptor(layer, where) for layer in layers]
+
+
+def parse_layers(body: bytes, where: str) -> dict[str, Descriptor]:
+    """An image manifest's layers by media type (the first of each)."""
     found: dict[str, Descriptor] = {}
-    for layer in layers:
-        if not isinstance(layer, dict):
-            raise ManifestError(f"{where}: a layer is not an object")
-        one = descriptor(layer, where)
+    for one in layer_list(body, where):
         found.setdefault(one.media_type, one)
     return found
 
@@ -152,11 +161,20 @@ def signed_manifest_layers(body: bytes, where: str) -> tuple[Descriptor, Descrip
     return layers[MANIFEST_TYPE], layers.get(SIGNATURE_TYPE)
 
 
-def binary_layer(body: bytes, where: str) -> Descriptor:
-    layers = parse_layers(body, where)
-    if BINARY_TYPE not in layers:
+@dataclass(frozen=True)
+class PlatformLayers:
+    """A platform's image manifest: its build, and its patches by digest."""
+
+    binary: Descriptor
+    patches: dict[str, Descriptor]
+
+
+def platform_layers(body: bytes, where: str) -> PlatformLayers:
+    layers = layer_list(body, where)
+    binary = next((d for d in layers if d.media_type == BINARY_TYPE), None)
+    if binary is None:
         raise ManifestError(f"{where} has no layer of type {BINARY_TYPE} (the agent build)")
-    return layers[BINARY_TYPE]
+    return PlatformLayers(binary, {d.digest: d for d in layers if d.media_type == PATCH_TYPE})
 
 
 def check_binary_layer(layer: Descriptor, sha256: str, size: int | None, url: str,
@@ -172,6 +190,23 @@ def check_binary_layer(layer: Descriptor, sha256: str, size: int | None, url: st
     if size is not None and layer.size != size:
         raise ChecksumError(f"size mismatch for the {platform} layer of the OCI release: the "
                             f"registry names {layer.size} bytes, the signed manifest {size}")
+
+
+def check_patch_layer(layers: PlatformLayers, sha256: str, size: int, url: str,
+                      platform: str) -> Descriptor:
+    """The platform's layer holding the signed patch (its sha256 and size)."""
+    if url != BLOB_URL_PREFIX + "sha256:" + sha256:
+        raise ManifestError(f"patch URL {url!r} for {platform} is not oci:sha256:{sha256}, "
+                            "the blob the signed manifest names")
+    layer = layers.patches.get("sha256:" + sha256)
+    if layer is None:
+        raise ManifestError(f"the {platform} manifest of the OCI release has no patch layer "
+                            f"sha256:{sha256}")
+    if layer.size != size:
+        raise ChecksumError(f"size mismatch for the {platform} patch layer sha256:{sha256}: "
+                            f"the registry names {layer.size} bytes, the signed manifest "
+                            f"{size}")
+    return layer
 
 
 def load_document(body: bytes, where: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from launcher.manifest import Binary
+    from launcher.manifest import Binary, Delta
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,20 @@ class Source(Protocol):
 class CarriesBinaries(Protocol):
     """A source whose builds live in it (an OCI artifact), not at the manifest's URLs."""
 
+    serves_patches: bool  # False: always stage the full build (a local copy)
+
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
-                     s: Mapping[str, Any], *, version: str | None = None) -> Path:
+                     s: Mapping[str, Any], *, version: str | None = None,
+                     deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
         """The build for ``platform`` in a temp file in ``dest_dir``, checked against
-        ``binary`` (the signed sha256 and size); a download in flight is reported in
-        ``state_dir/transfer.json`` as ``version``'s."""
+        ``binary`` (the signed sha256 and size) within ``deadline_s`` (default
+        ``--download-deadline``); a download in flight is reported in
+        ``state_dir/transfer.json`` as ``version``'s, and the partials of ``keep`` (the
+        release's other files) are left for the next check."""
+        ...
+
+    def stage_patch(self, binary: Binary, delta: Delta, platform: str, dest_dir: Path,
+                    s: Mapping[str, Any], *, version: str | None = None,
+                    deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
+        """The signed patch ``delta`` of ``binary``, staged as the build is."""
         ...

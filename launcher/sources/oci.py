@@ -37,7 +37,7 @@ from launcher.sources.reference import Reference, parse_mirror, parse_reference
 from launcher.sources.registry import Credentials, Registry, load_credentials
 
 if TYPE_CHECKING:
-    from launcher.manifest import Binary
+    from launcher.manifest import Binary, Delta
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class ArtifactReader:
 
     where: str
     release: artifact.Release | None = None
+    serves_patches = False  # a copy on local disk is cheaper than rebuilding from a patch
     _signature_layer: artifact.Descriptor | None = None
+    _layers: tuple[str, artifact.PlatformLayers] | None = None  # one platform manifest read
 
     def _document(self, descriptor: artifact.Descriptor, what: str) -> bytes:
         raise NotImplementedError
@@ -96,6 +98,19 @@ class ArtifactReader:
 
     def binary_layer(self, binary: Binary, platform: str) -> artifact.Descriptor:
         """The platform's layer, once it is known to be the build the signed manifest names."""
+        layer = self._platform(platform).binary
+        artifact.check_binary_layer(layer, binary.sha256, binary.size, binary.url, platform)
+        return layer
+
+    def patch_layer(self, binary: Binary, delta: Delta, platform: str) -> artifact.Descriptor:
+        """The layer of the platform's manifest holding ``delta``, the signed patch of
+        ``binary``; checked after the build's layer, so a release whose build is not the
+        signed one fails the same way with or without a patch."""
+        self.binary_layer(binary, platform)
+        return artifact.check_patch_layer(self._platform(platform), delta.sha256, delta.size,
+                                          delta.url, platform)
+
+    def _platform(self, platform: str) -> artifact.PlatformLayers:
         if self.release is None:
             raise ManifestError("no OCI release fetched yet")
         entry = self.release.platforms.get(platform)
@@ -103,14 +118,17 @@ class ArtifactReader:
             have = ", ".join(sorted(self.release.platforms)) or "none"
             raise ManifestError(f"the OCI release at {self.where} has no {platform} entry "
                                 f"(has: {have})")
-        what = f"{platform} manifest {entry.digest}"
-        layer = artifact.binary_layer(self._document(entry, what), what)
-        artifact.check_binary_layer(layer, binary.sha256, binary.size, binary.url, platform)
-        return layer
+        if self._layers is None or self._layers[0] != entry.digest:
+            what = f"{platform} manifest {entry.digest}"
+            self._layers = entry.digest, artifact.platform_layers(
+                self._document(entry, what), what)
+        return self._layers[1]
 
 
 class OciSource(ArtifactReader):
     """A release in a registry, through its mirrors first."""
+
+    serves_patches = True
 
     def __init__(self, reference: Reference, *, client: httpx.Client,
                  mirrors: tuple[str, ...] = (), credentials: Credentials | None = None,
@@ -195,30 +213,45 @@ class OciSource(ArtifactReader):
         return self._each_host(what, one)
 
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
-                     s: Mapping[str, Any], *, version: str | None = None) -> Path:
+                     s: Mapping[str, Any], *, version: str | None = None,
+                     deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
         """The build, downloaded beside the target and checked against the signed manifest,
         its progress in ``state_dir/transfer.json`` (``status`` shows it) as for http."""
+        return self._stage(self.binary_layer(binary, platform), binary.sha256, binary.size,
+                           f"the {platform} build", dest_dir, s, deadline_s=deadline_s,
+                           keep=keep, extra={"version": version, "kind": "full"})
+
+    def stage_patch(self, binary: Binary, delta: Delta, platform: str, dest_dir: Path,
+                    s: Mapping[str, Any], *, version: str | None = None,
+                    deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
+        """The signed patch ``delta`` of ``binary``, downloaded like the build."""
+        return self._stage(self.patch_layer(binary, delta, platform), delta.sha256,
+                           delta.size, f"the {platform} patch", dest_dir, s,
+                           deadline_s=deadline_s, keep=keep,
+                           extra={"version": version, "kind": "delta"})
+
+    def _stage(self, layer: artifact.Descriptor, sha256: str, size: int | None, what: str,
+               dest_dir: Path, s: Mapping[str, Any], *, deadline_s: float | None,
+               keep: tuple[str, ...], extra: dict[str, Any]) -> Path:
         from launcher import download
         from launcher.progress import TRANSFER_FILE, Progress
 
-        layer = self.binary_layer(binary, platform)
-        deadline = float(s["download_deadline_s"])
+        deadline = float(s["download_deadline_s"]) if deadline_s is None else deadline_s
         start = time.monotonic()
 
         def one(host: Host) -> Path:
             url = host.registry.url(f"{host.repository}/blobs/{layer.digest}")
             return download.download(
-                self._client, url, dest_dir, expected_sha256=binary.sha256,
-                expected_size=binary.size, max_bytes=int(s["max_binary_bytes"]),
+                self._client, url, dest_dir, expected_sha256=sha256, expected_size=size,
+                max_bytes=int(s["max_binary_bytes"]),
                 deadline_s=max(deadline - (time.monotonic() - start), 0.001),
                 min_speed_bps=float(s["min_speed_bps"]),
-                headers=host.registry.prepare(host.scope),
+                headers=host.registry.prepare(host.scope), keep_partials=keep,
                 resume_as=artifact.BLOB_URL_PREFIX + layer.digest,  # the same on every host
-                progress=Progress(redact(url), binary.size,
-                                  file=Path(s["state_dir"]) / TRANSFER_FILE,
-                                  extra={"version": version, "kind": "full"}))
+                progress=Progress(redact(url), size,
+                                  file=Path(s["state_dir"]) / TRANSFER_FILE, extra=extra))
 
-        return self._each_host(f"the {platform} build", one)
+        return self._each_host(what, one)
 
     def _each_host(self, what: str, attempt: Callable[[Host], T]) -> T:
         """``attempt`` on each host in turn, mirrors first; the origin's failure is final.
