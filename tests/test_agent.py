@@ -24,7 +24,7 @@ from conftest import unavailable
 
 from agent import exit_codes
 from agent.cli import parse_host_port
-from agent.health import health_payload
+from agent.health import HealthServer, arrived_whole, health_payload
 from agent.nginx import probe_nginx
 from agent.version import DEV_VERSION
 
@@ -272,6 +272,57 @@ def test_health_payload() -> None:
         "pid": 7,
         "uptime_s": 1.235,
     }
+
+
+def test_arrived_whole_peeks_for_a_complete_head() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert not arrived_whole(b)
+        a.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert not arrived_whole(b)
+        a.sendall(b"\r\n")
+        assert arrived_whole(b)
+        assert b.recv(100).startswith(b"GET /healthz"), "the peek consumed nothing"
+        a.close()
+        assert not arrived_whole(b)  # the client left: nothing to answer inline
+
+
+def test_whole_requests_need_no_thread_and_a_trickler_holds_up_nobody(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests queued whole before the server starts are answered by its serve thread,
+    one thread started for none of them; a client that sent half its head gets a thread,
+    and the whole requests behind it are answered while it waits."""
+    import socketserver
+
+    threads: list[object] = []
+    real = socketserver.ThreadingMixIn.process_request
+
+    def counted(self: object, request: object, client: object) -> None:
+        threads.append(request)
+        real(self, request, client)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", counted)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    port = listener.getsockname()[1]
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # and nothing more
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+    for c in clients:
+        c.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+    server = HealthServer("127.0.0.1", 0, "1.2.3", sock=listener)
+    server.start()
+    try:
+        for c in clients:
+            c.settimeout(5)
+            answer = b""
+            while chunk := c.recv(4096):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.0 200 ") and b'"1.2.3"' in answer, answer
+        assert len(threads) == 1, threads  # the slow one only
+    finally:
+        for c in [slow, *clients]:
+            c.close()
+        server.stop()
 
 
 def test_probe_nginx_timeout_is_a_finding() -> None:
