@@ -242,8 +242,9 @@ class Updates:
                                                                 res.shas)
         ok = False
         if refusal is None:
-            if not self.overlap:
-                res.keeper.stop()
+            # Journaled and renamed while the failed build still runs (it runs from its
+            # inode; an overlap does the same): with stop-first, the time no agent serves is
+            # the stop and the start alone.
             try:
                 res.state, ok = control.rollback(res.state, res.s.bin_dir, res.journal, reason,
                                                  res.now_iso(), res.fault_hook, res.shas,
@@ -252,6 +253,8 @@ class Updates:
                 refusal = f"cannot rename agent.old back: {exc.strerror or exc}"
                 res.state = dataclasses.replace(res.state, rollback_to=None,
                                                 last_error=HostError(refusal).describe())
+            if ok and not self.overlap:
+                res.keeper.stop()
         if not ok:
             log.error("cannot roll back from %s (%s): %s; keeping it", failed.version, reason,
                       refusal or "agent.old is gone")
