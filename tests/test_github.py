@@ -25,7 +25,7 @@ from release_server import Route, tls_context
 
 from launcher.errors import ManifestError, SignatureError, TransportError
 from launcher.sources.base import Validators
-from launcher.sources.github import GitHubSource, parse_sums, rate_limit_wait
+from launcher.sources.github import GitHubSource, parse_releases, parse_sums, rate_limit_wait
 from launcher.sources.http import make_client
 
 PLATFORM = "linux-amd64"
@@ -391,3 +391,12 @@ def test_signed_release_through_the_api(gh: FakeGitHub, ca_file: Path,
     lch.wait_healthy("0.1.2")
     assert "manifest signature verified" in lch.log()
     assert lch.stop() == 0
+
+
+def test_an_api_answer_nested_too_deeply_is_a_manifest_error() -> None:
+    """json.loads raises RecursionError, not ValueError, on deep nesting: it must still be
+    the check's clear error, not a crash of the worker."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for many in (True, False):
+        with pytest.raises(ManifestError, match="nested too deeply"):
+            parse_releases(deep, many=many)

@@ -85,6 +85,8 @@ def parse_releases(body: bytes, *, many: bool) -> list[Release]:
     """The release (``many=False``) or list of releases in an API answer."""
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise ManifestError("GitHub API answer is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"GitHub API answer is not valid JSON: {exc}") from exc
     items = document if many else [document]
