@@ -52,7 +52,7 @@ from launcher.errors import (
     InsecureError,
     TransportError,
 )
-from launcher.files import set_mode
+from launcher.files import open_regular, set_mode
 from launcher.progress import Progress
 from launcher.sources.http import iter_raw_body, status_error, transport_error
 from launcher.sources.pace import ALARM_GRACE_S, Alarm, SpeedWindow
@@ -234,7 +234,7 @@ def copy_local(
     if limit > max_bytes:
         raise DownloadError(f"binary of {limit} bytes exceeds the limit of {max_bytes} bytes")
     try:
-        src = source.open("rb")
+        src = open_regular(source)
     except OSError as exc:
         raise TransportError(f"cannot read {source}: {exc.strerror or exc}") from exc
     try:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 
 def read_nofollow(path: Path) -> bytes:
@@ -22,6 +24,21 @@ def read_nofollow(path: Path) -> bytes:
     fd = open_nofollow(path, os.O_RDONLY)
     with os.fdopen(fd, "rb") as f:
         return f.read()
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file (symlinks to one followed);
+    OSError otherwise. A FIFO or device planted where a release file should be would block
+    ``open`` or never end: opened without blocking, and refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def fsync_dir(path: Path) -> None:

@@ -84,3 +84,32 @@ def test_remote_manifest_may_not_name_a_local_file(
         wait_until(lambda: lch.health() is not None, 10, "agent up")
         assert lch.state()["current"]["version"] == "0.1.0"
         assert lch.stop() == 0
+
+
+def test_a_fifo_in_place_of_a_release_file_is_refused_without_blocking(
+        build: Callable[[str], Path], tmp_path: Path) -> None:
+    """A FIFO where the manifest, its signature or the build should be would block a plain
+    ``open`` until the worker's deadline: each is refused at once with a clear error."""
+    import os
+    import time
+
+    import pytest
+
+    from launcher.download import copy_local
+    from launcher.errors import SignatureError, TransportError
+    from launcher.sources.local import LocalSource
+
+    release = tmp_path / "release"
+    publish(release, "0.1.0", build("0.1.0"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="not a regular file"):
+        LocalSource(fifo).fetch(None)
+    os.mkfifo(tmp_path / "m.json.minisig")
+    with pytest.raises((TransportError, SignatureError), match="not a regular file"):
+        LocalSource(tmp_path / "m.json").fetch_signature(4096)
+    with pytest.raises(TransportError, match="not a regular file"):
+        copy_local(fifo, tmp_path, expected_sha256="0" * 64, expected_size=10)
+    assert time.monotonic() - started < 2.0
+    assert LocalSource(release / "version.json").fetch(None).body  # a real file still reads

@@ -293,3 +293,28 @@ def check_bundle(bundle: Path, tmp_path: Path) -> Any:
         "manifest_url": f"file://{bundle}", "allow_unsigned": True,
         "platform": "linux-amd64", "state_dir": str(tmp_path / "state"),
         "max_binary_bytes": 1 << 30, "download_deadline_s": 60.0, "min_speed_bps": 1.0}})
+
+
+def test_a_fifo_in_the_bundle_is_refused_without_blocking(tmp_path: Path, key: Key) -> None:
+    """A FIFO in place of a blob (or index.json) is a clear error at once, not a worker
+    blocked in ``open`` until its deadline."""
+    import os
+    import time
+
+    bundle = tmp_path / "bundle"
+    manifest = release_tool.publish_oci("0.1.1", layout_dir=bundle,
+                                        binary=sleeper(tmp_path, "0.1.1"),
+                                        sign_key=key.secret, log=lambda _: None)
+    blob = bundle / "blobs" / "sha256" / manifest["binaries"]["linux-amd64"]["sha256"]
+    blob.unlink()
+    os.mkfifo(blob)
+    started = time.monotonic()
+    result = run_check({"host_id": "h", "stage": True,
+                        "settings": bundle_settings(bundle, key, tmp_path / "state")})
+    assert result.outcome == "error" and "not a regular file" in (result.error or ""), result
+    (bundle / "index.json").unlink()
+    os.mkfifo(bundle / "index.json")
+    again = run_check({"host_id": "h", "stage": True,
+                       "settings": bundle_settings(bundle, key, tmp_path / "state")})
+    assert again.outcome == "error" and "not a regular file" in (again.error or ""), again
+    assert time.monotonic() - started < 5.0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher.errors import ManifestError, SourceError, TransportError
+from launcher.files import open_regular
 from launcher.sources import artifact
 from launcher.sources.base import FetchResult, Validators
 from launcher.sources.oci import ArtifactReader
@@ -71,7 +72,7 @@ class LayoutSource(ArtifactReader):
 
     def _read(self, path: Path, limit: int, too_large: SourceError) -> bytes:
         try:
-            with path.open("rb") as file:
+            with open_regular(path) as file:
                 body = file.read(limit + 1)
         except OSError as exc:
             raise TransportError(f"cannot read {path}: {exc.strerror or exc}") from exc

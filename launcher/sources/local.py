@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from launcher.errors import ConfigError, ManifestError, SignatureError, TransportError
+from launcher.files import open_regular
 from launcher.sources.base import FetchResult, Validators
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class LocalSource:
 
     def fetch(self, validators: Validators | None) -> FetchResult:
         try:
-            with self.path.open("rb") as file:
+            with open_regular(self.path) as file:
                 stat = os.fstat(file.fileno())
                 current = Validators(etag=f'"{stat.st_mtime_ns}-{stat.st_size}"')
                 if validators is not None and validators.etag == current.etag:
@@ -56,7 +57,7 @@ class LocalSource:
         """``version.json.minisig`` beside the manifest file; absent is a SignatureError."""
         path = self.path.with_name(self.path.name + ".minisig")
         try:
-            with path.open("rb") as file:
+            with open_regular(path) as file:
                 data = file.read(max_bytes + 1)
         except FileNotFoundError:
             raise SignatureError(f"missing signature: {path} does not exist") from None
