@@ -110,6 +110,7 @@ DEFAULT_RELEASE_DIR = Path("release")
 DEFAULT_BASE_URL = "http://127.0.0.1:8090"
 SIGNATURE_NAME = MANIFEST_NAME + ".minisig"
 SUMS_NAME = "SHA256SUMS"
+MAX_DELTAS = 32  # launcher.manifest.MAX_DELTAS: a launcher refuses a manifest listing more
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 # PEP 440 versions in canonical form (no "v" prefix, no alternative spellings), with an
@@ -174,7 +175,7 @@ def publish(
     ``delta_from``: earlier builds (a FILE, or a VERSION published in ``release_dir``) to
     publish patches from, beside the binaries, listed in each platform's ``deltas``."""
     check_version(version)
-    bases = {spec: _delta_bases(spec, release_dir) for spec in delta_from}
+    bases = _all_bases(delta_from, release_dir)
     now = datetime.now(UTC)
     target = channel_manifest(Path(release_dir), check_channel(channel))
     fresh = _freshness(target, now, expires_in_days, serial)
@@ -228,7 +229,7 @@ def write_assets(
 ) -> dict[str, Any]:
     """Write a GitHub release's assets into ``assets_dir``; return the manifest."""
     check_version(version)
-    bases = {spec: _delta_bases(spec, None) for spec in delta_from}
+    bases = _all_bases(delta_from, None)
     now = datetime.now(UTC)
     fresh = _freshness(Path(assets_dir) / MANIFEST_NAME, now, expires_in_days, serial)
     base = github_download_base(github_repo, version) if github_repo else base_url.rstrip("/")
@@ -266,6 +267,16 @@ def write_assets(
     else:
         (assets_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
+
+
+def _all_bases(delta_from: Sequence[str],
+               release_dir: Path | None) -> dict[str, dict[str, Path]]:
+    """Each ``--delta-from``'s builds (see :func:`_delta_bases`); no more than a launcher
+    takes, or no host could read the release."""
+    if len(set(delta_from)) > MAX_DELTAS:
+        raise ReleaseError(f"--delta-from given {len(set(delta_from))} times: a launcher "
+                           f"accepts at most {MAX_DELTAS} patches per platform")
+    return {spec: _delta_bases(spec, release_dir) for spec in delta_from}
 
 
 def _delta_bases(spec: str, release_dir: Path | None) -> dict[str, Path]:
@@ -372,7 +383,7 @@ def publish_oci(
 
     check_version(version)
     check_channel(channel)
-    bases = {spec: _delta_bases(spec, None) for spec in delta_from}
+    bases = _all_bases(delta_from, None)
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
     secret = load_sign_key(sign_key) if sign_key is not None else None

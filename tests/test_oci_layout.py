@@ -321,6 +321,7 @@ def test_more_bases_than_a_launcher_takes_are_not_published(tmp_path: Path, key:
     rest), never publish a release that no host can read."""
     from launcher.manifest import MAX_DELTAS
 
+    assert release_tool.MAX_DELTAS == MAX_DELTAS
     new = script_agent(tmp_path / "agent-new", "0.1.2", "sleep 60\n" + "# pad\n" * 400)
     bases = [script_agent(tmp_path / f"agent-{n}", f"0.0.{n}", "sleep 60\n" + "# pad\n" * 400)
              for n in range(MAX_DELTAS + 1)]
