@@ -33,6 +33,7 @@ from launcher import trust as trusted
 from launcher.errors import (
     ChecksumError,
     ConfigError,
+    DownloadError,
     InsecureError,
     LauncherError,
     ManifestError,
@@ -320,6 +321,9 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     max_bytes = int(s["max_binary_bytes"])
+    if binary.size is not None and binary.size > max_bytes:  # rebuilt from a patch, too
+        raise DownloadError(f"binary of {binary.size} bytes exceeds the limit of {max_bytes} "
+                            "bytes")
     diskspace.require_room(bin_dir, diskspace.build_size(binary.size, bin_dir, max_bytes),
                            int(s.get("disk_margin_bytes") or 0), version)
     carrier = source if isinstance(source, CarriesBinaries) else None  # OCI: by digest

@@ -7,7 +7,7 @@
                                               [--channel NAME] [--delta-from FILE|VERSION ...]
     python3 packaging/release_tool.py VERSION --oci-push oci://HOST/REPO:TAG | --oci-layout DIR
                                               [--registry-credentials FILE] [--ca-file FILE]
-                                              [--channel NAME] [--delta-from FILE ...]
+                                              [--channel NAME] [--delta-from FILE|VERSION ...]
     python3 packaging/release_tool.py resign --sign-key FILE [--release-dir DIR | --manifest
                                               FILE] [--expires-in DAYS | --no-expires]
     python3 packaging/release_tool.py promote VERSION --to CHANNEL [--from CHANNEL]
@@ -57,10 +57,11 @@ With ``--oci-push oci://HOST[:PORT]/REPO:TAG`` (repeatable; ``--registry-credent
 directory: the release goes to a registry as an OCI artifact, or into DIR as an OCI image
 layout (an offline bundle), see ``oci_release.py``. Both need the venv's Python. ``--channel
 NAME`` is the signed manifest's channel (and, in a layout, the index entry's ref name).
-``--delta-from FILE`` adds each patch as a layer of the platform's manifest, after the
-build, and lists it in the signed manifest by digest (``oci:sha256:<hex>``); a launcher
-pulling from a registry or mirror uses it as from a release directory, one installing
-from a layout copies the full build (a local copy costs less than rebuilding).
+``--delta-from FILE|VERSION`` (a VERSION published in ``--release-dir``) adds each patch
+as a layer of the platform's manifest, after the build, and lists it in the signed
+manifest by digest (``oci:sha256:<hex>``); a launcher pulling from a registry or mirror
+uses it as from a release directory, one installing from a layout copies the full build
+(a local copy costs less than rebuilding).
 
 Exit codes: 0 published; 2 bad arguments (version, missing binary); 1 anything else.
 Standard library only, except ``--sign-key`` (``cryptography``, via minisign_tool.py) and
@@ -110,6 +111,7 @@ DEFAULT_RELEASE_DIR = Path("release")
 DEFAULT_BASE_URL = "http://127.0.0.1:8090"
 SIGNATURE_NAME = MANIFEST_NAME + ".minisig"
 SUMS_NAME = "SHA256SUMS"
+MAX_DELTAS = 32  # launcher.manifest.MAX_DELTAS: a launcher refuses a manifest listing more
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 # PEP 440 versions in canonical form (no "v" prefix, no alternative spellings), with an
@@ -174,7 +176,7 @@ def publish(
     ``delta_from``: earlier builds (a FILE, or a VERSION published in ``release_dir``) to
     publish patches from, beside the binaries, listed in each platform's ``deltas``."""
     check_version(version)
-    bases = {spec: _delta_bases(spec, release_dir) for spec in delta_from}
+    bases = _all_bases(delta_from, release_dir)
     now = datetime.now(UTC)
     target = channel_manifest(Path(release_dir), check_channel(channel))
     fresh = _freshness(target, now, expires_in_days, serial)
@@ -228,7 +230,7 @@ def write_assets(
 ) -> dict[str, Any]:
     """Write a GitHub release's assets into ``assets_dir``; return the manifest."""
     check_version(version)
-    bases = {spec: _delta_bases(spec, None) for spec in delta_from}
+    bases = _all_bases(delta_from, None)
     now = datetime.now(UTC)
     fresh = _freshness(Path(assets_dir) / MANIFEST_NAME, now, expires_in_days, serial)
     base = github_download_base(github_repo, version) if github_repo else base_url.rstrip("/")
@@ -266,6 +268,16 @@ def write_assets(
     else:
         (assets_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     return manifest
+
+
+def _all_bases(delta_from: Sequence[str],
+               release_dir: Path | None) -> dict[str, dict[str, Path]]:
+    """Each ``--delta-from``'s builds (see :func:`_delta_bases`); no more than a launcher
+    takes, or no host could read the release."""
+    if len(set(delta_from)) > MAX_DELTAS:
+        raise ReleaseError(f"--delta-from given {len(set(delta_from))} times: a launcher "
+                           f"accepts at most {MAX_DELTAS} patches per platform")
+    return {spec: _delta_bases(spec, release_dir) for spec in delta_from}
 
 
 def _delta_bases(spec: str, release_dir: Path | None) -> dict[str, Path]:
@@ -361,18 +373,20 @@ def publish_oci(
     serial: int | None = None,
     channel: str = "stable",
     delta_from: Sequence[str] = (),
+    release_dir: Path | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """The release as an OCI artifact: pushed to each of ``push_urls`` and/or written as an
     image layout in ``layout_dir`` (see ``oci_release.py``); return the signed manifest.
 
-    ``delta_from``: earlier builds (FILEs) to add patches from, as layers of each platform's
-    manifest, listed in the signed manifest's ``deltas`` by digest."""
+    ``delta_from``: earlier builds (a FILE, or a VERSION published in ``release_dir``) to
+    add patches from, as layers of each platform's manifest, listed in the signed
+    manifest's ``deltas`` by digest."""
     import oci_release  # imports the launcher package's artifact definitions
 
     check_version(version)
     check_channel(channel)
-    bases = {spec: _delta_bases(spec, None) for spec in delta_from}
+    bases = _all_bases(delta_from, release_dir)
     if binary is not None and not Path(binary).is_file():
         raise ReleaseError(f"--binary {binary}: no such file")
     secret = load_sign_key(sign_key) if sign_key is not None else None
@@ -449,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta-from", action="append", default=[], metavar="FILE|VERSION",
                         help="also publish patches from this earlier build (a file, or a "
                              "version published in --release-dir) to the new one, per "
-                             "platform; repeatable; with --oci-push/--oci-layout, a file")
+                             "platform; repeatable")
     parser.add_argument("--oci-push", metavar="oci://HOST[:PORT]/REPO:TAG", action="append",
                         help="push the release to a registry as an OCI artifact instead; "
                              "repeatable (the same release to each, e.g. a mirror)")
@@ -492,7 +506,7 @@ def _main_oci(args: argparse.Namespace) -> int:
         args.version, push_urls=tuple(args.oci_push or ()), layout_dir=args.oci_layout,
         binary=args.binary, sign_key=args.sign_key, credentials=args.registry_credentials,
         ca_file=args.ca_file, serial=args.serial, channel=args.channel,
-        delta_from=args.delta_from,
+        delta_from=args.delta_from, release_dir=args.release_dir,
         expires_in_days=None if args.no_expires else args.expires_in), (PushError, OSError))
     return code
 

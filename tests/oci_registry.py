@@ -42,6 +42,7 @@ from cryptography.x509.oid import NameOID
 
 SERVICE = "test-registry"
 ISSUER = "test-token-issuer"
+LEEWAY_S = 60  # docker-registry accepts a token this long past its exp (clock skew)
 
 
 def registry_binary() -> str:
@@ -64,6 +65,7 @@ class TokenServer:
         self.users = users
         self.public = public
         self.requests: list[dict[str, str]] = []
+        self.lifetime_s = 300  # how long a token is usable: its expires_in
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token signer")])
         now = datetime.now(UTC)
@@ -108,8 +110,9 @@ class TokenServer:
         der = self.cert.public_bytes(serialization.Encoding.DER)
         header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now + 300,
-                  "nbf": now - 10, "iat": now, "jti": f"{now}-{id(access)}", "access": access}
+        claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE,
+                  "exp": now + self.lifetime_s - LEEWAY_S, "nbf": now - 10, "iat": now,
+                  "jti": f"{now}-{id(access)}", "access": access}
         signing_input = (_b64url(json.dumps(header).encode()) + "." +
                          _b64url(json.dumps(claims).encode()))
         r, s = decode_dss_signature(self.key.sign(signing_input.encode(),
@@ -152,7 +155,7 @@ class _TokenHandler(BaseHTTPRequestHandler):
         else:
             token = tokens.token(user or "", access)
             body, status = json.dumps({"token": token, "access_token": token,
-                                       "expires_in": 300}).encode(), 200
+                                       "expires_in": tokens.lifetime_s}).encode(), 200
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

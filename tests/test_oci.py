@@ -14,6 +14,7 @@ import re
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -546,3 +547,92 @@ def test_a_patch_from_the_registry_or_the_full_build(
     if case in ("tampered", "unlisted"):
         assert "downloading the full build" in caplog.text
     assert {p.name for p in (state / "bin").iterdir()} == {"agent", result.file}
+
+
+# ---- review of "OCI releases carry patches" (efca3a7) -------------------------------------
+
+
+def installed(tmp_path: Path, data: bytes) -> Path:
+    """``state/bin/agent`` holding ``data``; the state directory."""
+    state = tmp_path / "state"
+    (state / "bin").mkdir(parents=True)
+    (state / "bin" / "agent").write_bytes(data)
+    return state
+
+
+@pytest.mark.parametrize("on_base", [False, True])
+def test_a_patch_that_fails_on_the_mirror_leaves_the_mirror_its_full_build(
+        on_base: bool, mirror: RegistryProcess, key: Key, ca_file: Path, repo: str,
+        tmp_path: Path) -> None:
+    """Hosts reach the mirror only (the origin is down for them) and the mirror's patch blob
+    is corrupt. A host that is not on the patch's base installs the mirror's full build; a
+    host on the base must too: the patch failing is no reason to give up the mirror for the
+    build it serves intact."""
+    old, new = own_pair(tmp_path, repo)
+    manifest = release_tool.publish_oci(
+        "0.1.2", push_urls=(f"oci://{mirror.host}/{repo}:stable",), binary=new,
+        sign_key=key.secret, ca_file=ca_file, delta_from=[str(old)], log=lambda _: None)
+    (listed,) = manifest["binaries"]["linux-amd64"]["deltas"]
+    blob = mirror.blob_file("sha256:" + listed["sha256"])
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    state = installed(tmp_path, old.read_bytes() if on_base else b"#!/bin/sh\n# 0.1.0\n")
+    down = f"127.0.0.1:{free_port()}"
+    result = stage(settings(f"oci://{down}/{repo}:stable", tmp_path, ca_file, key,
+                            mirrors=[mirror.host]))
+    assert result.outcome == "staged", result
+    assert (state / "bin" / str(result.file)).read_bytes() == new.read_bytes()
+
+
+def test_a_patch_does_not_stage_a_build_above_max_binary_bytes(
+        origin: RegistryProcess, key: Key, creds: Path, ca_file: Path, repo: str,
+        tmp_path: Path) -> None:
+    """``--max-binary-bytes`` is the largest build accepted: a signed build above it is
+    refused whether it would be downloaded whole or rebuilt from a small patch."""
+    old, new = own_pair(tmp_path, repo)
+    url = f"oci://{origin.host}/{repo}:stable"
+    release_tool.publish_oci("0.1.2", push_urls=(url,), binary=new, sign_key=key.secret,
+                             credentials=creds, ca_file=ca_file, delta_from=[str(old)],
+                             log=lambda _: None)
+    limit = new.stat().st_size - 1
+    for data in (b"#!/bin/sh\n# 0.1.0\n", old.read_bytes()):  # the full build; the patch
+        state = installed(tmp_path / str(len(data)), data)
+        result = stage(settings(url, tmp_path / str(len(data)), ca_file, key,
+                                registry_credentials=str(creds), max_binary_bytes=limit))
+        assert result.outcome == "error", result
+        assert f"exceeds the limit of {limit} bytes" in (result.error or ""), result
+        assert sorted(p.name for p in (state / "bin").iterdir()) == ["agent"]
+
+
+def test_the_full_build_after_a_slow_patch_asks_for_a_fresh_token(
+        ca: Any, key: Key, ca_file: Path, repo: str, tmp_path: Path) -> None:
+    """Registry tokens are short-lived (the token server says ``expires_in``). A patch whose
+    download outlives the token and then fails: the full build's download must get a new
+    token, as every metadata request does on a 401, instead of failing the check."""
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "registry").mkdir()
+    with TokenServer(ca, tmp_path / "tokens", users={USER: PASSWORD}) as tokens, \
+            RegistryProcess(tmp_path / "registry", ca, auth=tokens.auth_config()) as registry:
+        own = docker_config(tmp_path / "config.json", registry.host, USER, PASSWORD)
+        url = f"oci://{registry.host}/{repo}:stable"
+        old, new = own_pair(tmp_path, repo)
+        manifest = release_tool.publish_oci("0.1.2", push_urls=(url,), binary=new,
+                                            sign_key=key.secret, credentials=own,
+                                            ca_file=ca_file, delta_from=[str(old)],
+                                            log=lambda _: None)
+        (listed,) = manifest["binaries"]["linux-amd64"]["deltas"]
+        blob = registry.blob_file("sha256:" + listed["sha256"])
+        blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # the patch will fail its sha256
+        tokens.lifetime_s = 3  # tokens from now on are usable for 3 s (expires_in 3)
+        state = installed(tmp_path, old.read_bytes())
+        patch_path = f"/blobs/sha256:{listed['sha256']}"
+
+        def slow_patch(response: httpx.Response) -> None:
+            if response.request.url.path.endswith(patch_path) and response.is_success:
+                time.sleep(5)  # a slow link: the patch takes longer than the token lives
+
+        with make_client(ca_file=str(ca_file)) as client:
+            client.event_hooks["response"].append(slow_patch)
+            result = stage(settings(url, tmp_path, ca_file, key,
+                                    registry_credentials=str(own)), client)
+    assert result.outcome == "staged", result
+    assert (state / "bin" / str(result.file)).read_bytes() == new.read_bytes()

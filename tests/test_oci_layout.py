@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import release_tool
-from conftest import ROOT, Launcher, https_args, run_cli, unavailable
+from conftest import ROOT, Launcher, https_args, run_cli, script_agent, unavailable
 from hostile import sleeper
 from oci_registry import RegistryProcess
 from signing import Key, make_key
@@ -234,17 +234,18 @@ def test_skopeo_carries_the_patches_and_a_launcher_on_the_copy_rebuilds_from_one
     assert re.search(r"rebuilt 0\.1\.2 from a \d+ byte patch", caplog.text), caplog.text
 
 
-def test_delta_from_a_version_needs_a_release_directory(tmp_path: Path, key: Key,
-                                                         build: Callable[[str], Path]) -> None:
-    """An OCI release takes patches from files: ``--delta-from VERSION`` there is a clear
-    error (exit 2), and nothing is written."""
+def test_delta_from_a_version_not_in_the_release_directory_is_refused(
+        tmp_path: Path, key: Key, build: Callable[[str], Path]) -> None:
+    """``--delta-from VERSION`` with an OCI release reads ``--release-dir``; a version not
+    published there is a clear error (exit 2) naming what is missing, and nothing is
+    written."""
     bundle = tmp_path / "bundle"
     done = release_tool_cli("0.1.2", "--binary", str(build("0.1.2")), "--sign-key",
-                            str(key.secret), "--oci-layout", str(bundle), "--delta-from",
-                            "0.1.1")
+                            str(key.secret), "--oci-layout", str(bundle), "--release-dir",
+                            str(tmp_path / "releases"), "--delta-from", "0.1.1")
     assert done.returncode == 2, done
-    assert "--delta-from 0.1.1: no such file (a VERSION needs a release directory)" \
-        in done.stderr
+    assert "--delta-from 0.1.1: no such file or published version" in done.stderr
+    assert "releases/bin/0.1.1/agent-linux-amd64" in done.stderr
     assert not bundle.exists()
 
 
@@ -318,3 +319,45 @@ def test_a_fifo_in_the_bundle_is_refused_without_blocking(tmp_path: Path, key: K
                        "settings": bundle_settings(bundle, key, tmp_path / "state")})
     assert again.outcome == "error" and "not a regular file" in (again.error or ""), again
     assert time.monotonic() - started < 5.0
+
+
+def test_delta_from_a_version_of_the_release_dir_given(tmp_path: Path, key: Key) -> None:
+    """``--delta-from VERSION`` with ``--release-dir DIR`` holding that version: the patch
+    is made from ``DIR/bin/VERSION/agent-PLATFORM``, as for a release directory."""
+    old, new = pair(tmp_path)
+    release = tmp_path / "releases"
+    for platform in ("linux-amd64", "linux-arm64"):
+        (release / "bin" / "0.1.1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(old, release / "bin" / "0.1.1" / f"agent-{platform}")
+    bundle = tmp_path / "bundle"
+    done = release_tool_cli("0.1.2", "--binary", str(new), "--sign-key", str(key.secret),
+                            "--oci-layout", str(bundle), "--release-dir", str(release),
+                            "--delta-from", "0.1.1")
+    assert done.returncode == 0, done.stderr
+    body = LayoutSource(bundle).fetch(None).body
+    assert body is not None
+    (listed,) = json.loads(body)["binaries"]["linux-amd64"]["deltas"]
+    assert listed["from_sha256"] == hashlib.sha256(old.read_bytes()).hexdigest()
+
+
+def test_more_bases_than_a_launcher_takes_are_not_published(tmp_path: Path, key: Key) -> None:
+    """``--delta-from`` is repeatable, but a launcher refuses a manifest listing more than
+    ``MAX_DELTAS`` patches per platform: the release tool must refuse (or leave out the
+    rest), never publish a release that no host can read."""
+    from launcher.manifest import MAX_DELTAS
+
+    assert release_tool.MAX_DELTAS == MAX_DELTAS
+    new = script_agent(tmp_path / "agent-new", "0.1.2", "sleep 60\n" + "# pad\n" * 400)
+    bases = [script_agent(tmp_path / f"agent-{n}", f"0.0.{n}", "sleep 60\n" + "# pad\n" * 400)
+             for n in range(MAX_DELTAS + 1)]
+    bundle = tmp_path / "bundle"
+    try:
+        release_tool.publish_oci("0.1.2", layout_dir=bundle, binary=new, sign_key=key.secret,
+                                 delta_from=[str(b) for b in bases], log=lambda _: None)
+    except release_tool.ReleaseError:
+        assert not bundle.exists()
+        return
+    state = tmp_path / "state"
+    result = run_check({"host_id": "h", "stage": False,
+                        "settings": bundle_settings(bundle, key, state)})
+    assert result.outcome != "error", result

@@ -11,7 +11,8 @@ the index must name the same digest and size before it is downloaded (through
 
 ``--mirror HOST[:PORT][/PREFIX]`` (repeatable) are asked first, in order, for every request
 (the tag included); a mirror that fails (down, 404, refused, a wrong digest) is skipped for
-the next host, the origin last. The origin's failure is the check's error. A mirror whose
+the next host, the origin last (a patch it fails excepted: it is still asked for the full
+build). The origin's failure is the check's error. A mirror whose
 release fails verification (signature, key, serial, channel, a layer other than the signed
 build: the worker's checks) is skipped the same way (:meth:`OciSource.skip_release_mirror`),
 and the worker reads the release again from the next host.
@@ -224,11 +225,18 @@ class OciSource(ArtifactReader):
     def stage_patch(self, binary: Binary, delta: Delta, platform: str, dest_dir: Path,
                     s: Mapping[str, Any], *, version: str | None = None,
                     deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
-        """The signed patch ``delta`` of ``binary``, downloaded like the build."""
-        return self._stage(self.patch_layer(binary, delta, platform), delta.sha256,
-                           delta.size, f"the {platform} patch", dest_dir, s,
-                           deadline_s=deadline_s, keep=keep,
-                           extra={"version": version, "kind": "delta"})
+        """The signed patch ``delta`` of ``binary``, downloaded like the build. A mirror that
+        fails the patch is still asked for the full build the caller falls back to: a patch
+        blob missing or corrupt there says nothing of the build it serves."""
+        layer = self.patch_layer(binary, delta, platform)
+        failed = set(self._failed)
+        try:
+            return self._stage(layer, delta.sha256, delta.size, f"the {platform} patch",
+                               dest_dir, s, deadline_s=deadline_s, keep=keep,
+                               extra={"version": version, "kind": "delta"})
+        except Exception:
+            self._failed = failed
+            raise
 
     def _stage(self, layer: artifact.Descriptor, sha256: str, size: int | None, what: str,
                dest_dir: Path, s: Mapping[str, Any], *, deadline_s: float | None,

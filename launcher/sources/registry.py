@@ -8,7 +8,9 @@ token spec):
 - ``WWW-Authenticate: Bearer realm=...,service=...,scope=...``: a GET of the realm (https)
   with ``service`` and ``scope``, anonymously or with the host's user and password (Basic),
   answers ``{"token": ...}``; the request is repeated once with ``Authorization: Bearer``.
-  Tokens are kept per scope for this process (one check).
+  Tokens are kept per scope for this process (one check), until 90% of the
+  ``expires_in`` they came with (60 s when not said, the spec's minimum) has passed: a
+  download that starts later (the full build after a slow patch) asks for a new one.
 - ``WWW-Authenticate: Basic``: the request is repeated with the host's user and password.
 
 Credentials come from a Docker ``config.json`` (``--registry-credentials FILE``):
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +52,7 @@ from launcher.sources.pace import SPEED_WINDOW_S, Pace
 logger = logging.getLogger(__name__)
 
 MAX_TOKEN_BYTES = 64 * 1024
+DEFAULT_TOKEN_LIFETIME_S = 60.0  # a token answer without expires_in (the spec's default)
 MAX_CREDENTIALS_BYTES = 1 << 20
 _PARAM = re.compile(r'\s*([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
@@ -138,7 +142,8 @@ class Registry:
         self._login = _login_for(credentials, self._origin)
         self._limits = (deadline_s, min_speed_bps, speed_window_s)
         self._now = now
-        self._tokens: dict[str, str] = {}
+        self._tokens: dict[str, tuple[str, float]] = {}  # scope: token, usable until
+        self._clock = time.monotonic
         self._basic = False
 
     def url(self, path: str) -> str:
@@ -153,8 +158,10 @@ class Registry:
 
     def auth_headers(self, scope: str) -> dict[str, str]:
         """What to send for ``scope`` as far as this host has told us so far."""
-        if scope in self._tokens:
-            return {"Authorization": f"Bearer {self._tokens[scope]}"}
+        token, until = self._tokens.get(scope, ("", 0.0))
+        if token and self._clock() < until:
+            return {"Authorization": f"Bearer {token}"}
+        self._tokens.pop(scope, None)  # expired: the next request's 401 brings a new one
         if self._basic and self._login is not None:
             return {"Authorization": _basic(self._login)}
         return {}
@@ -221,9 +228,12 @@ class Registry:
         if scheme != "bearer" or not params.get("realm"):
             raise AuthError(f"registry {self.host} answered HTTP 401 for {url} without a "
                             "Bearer or Basic challenge")
-        self._tokens[scope] = self._token(params, scope)
+        asked = self._clock()
+        token, lifetime = self._token(params, scope)
+        self._tokens[scope] = token, asked + 0.9 * lifetime
 
-    def _token(self, params: dict[str, str], scope: str) -> str:
+    def _token(self, params: dict[str, str], scope: str) -> tuple[str, float]:
+        """A token for ``scope`` and how long it is usable (its ``expires_in``)."""
         query = {"service": params["service"]} if params.get("service") else {}
         query["scope"] = params.get("scope") or scope
         realm = params["realm"]
@@ -252,12 +262,15 @@ class Registry:
         try:
             document = json.loads(body)
             token = document.get("token") or document.get("access_token")
+            lifetime = document.get("expires_in")
         except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
-            token = None
+            token = lifetime = None
         if not isinstance(token, str) or not token:
             raise TransportError(f"the token server at {realm} answered without a token")
         logger.debug("registry %s: token for %s (%s)", self.host, query["scope"], who)
-        return token
+        usable = isinstance(lifetime, int | float) and not isinstance(lifetime, bool) \
+            and 0 < lifetime < 1e9
+        return token, float(lifetime) if usable else DEFAULT_TOKEN_LIFETIME_S
 
     def _refused(self, response: httpx.Response, url: str) -> AuthError:
         who = f"user {self._login[0]}" if self._login else "an anonymous request"
