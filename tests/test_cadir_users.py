@@ -19,7 +19,7 @@ import pytest
 import trustme
 from conftest import ROOT, unavailable
 from release_server import ReleaseServer, tls_context
-from signing import make_key
+from signing import Key, make_key
 from test_revalidate import ETAG, publish, request
 
 from launcher import worker
@@ -61,16 +61,12 @@ def as_nobody_worker(req: dict[str, object], bundle: Path) -> dict[str, object]:
     return result
 
 
-def test_a_check_run_as_root_does_not_break_the_services_checks(
-        tls: ReleaseServer, ca: trustme.CA, shared: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The service (uid ``nobody`` here) owns its state dir and run/ (0700). An operator
-    runs ``check`` as root on it: the full check builds run/ca as root (0700). The
-    service's next conditional check must still answer (from the bundle, if it cannot read
-    the directory), not crash on the directory it cannot enter."""
+def service_state(shared: Path, ca: trustme.CA, tls: ReleaseServer) -> tuple[Key, Path, Path]:
+    """A key, a bundle (certifi's plus the test CA) and a state dir as the service (uid
+    ``nobody`` here) has them: the state dir and run/ its own, 0700."""
     key = make_key(shared / "keys", "release")  # the service's user reads the public key
     key.public.chmod(0o644)
-    bundle = shared / "cacert.pem"  # certifi's bundle plus the test CA, readable by all
+    bundle = shared / "cacert.pem"
     bundle.write_bytes(Path(certifi.where()).read_bytes() + ca.cert_pem.bytes())
     bundle.chmod(0o644)
     state = shared / "state"
@@ -79,7 +75,16 @@ def test_a_check_run_as_root_does_not_break_the_services_checks(
         shutil.chown(d, "nobody", "nogroup")
         d.chmod(0o700)
     publish(tls, key)
+    return key, bundle, state
 
+
+def test_a_check_run_as_root_does_not_break_the_services_checks(
+        tls: ReleaseServer, ca: trustme.CA, shared: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator runs ``check`` as root on the service's state dir; its full check used
+    to build run/ca as root (0700). The service's next conditional check must still answer,
+    not crash on a directory it cannot enter."""
+    key, bundle, state = service_state(shared, ca, tls)
     # The operator's check, as root: what `nginx-manager-launcher check` runs in-process.
     monkeypatch.setattr(certifi, "where", lambda: str(bundle))
     monkeypatch.setattr(revalidate, "certifi_bundle", lambda: str(bundle))
@@ -88,9 +93,19 @@ def test_a_check_run_as_root_does_not_break_the_services_checks(
     first.pop("etag")
     assert worker.run_check(first).outcome == "none"
     revalidate.tls_context.cache_clear()
-    built = state / "run" / "ca" / cadir.key(bundle.read_bytes())
-    assert (built / "complete").is_file()  # root built it: the cache exists, root's alone
 
-    # The service's own conditional check, as its user.
+    result = as_nobody_worker(request(tls, key, state, None), bundle)  # the service's check
+    assert result["outcome"] == "not_modified" and result["etag"] == ETAG, result["error"]
+
+
+def test_a_directory_the_service_cannot_enter_is_not_used_and_breaks_nothing(
+        tls: ReleaseServer, ca: trustme.CA, shared: Path) -> None:
+    """run/ca/<sha> already built by root (an earlier launcher's root ``check``): the
+    service's conditional check goes on through the bundle."""
+    key, bundle, state = service_state(shared, ca, tls)
+    shutil.chown(state / "run", "root", "root")
+    assert cadir.build(str(state), str(bundle)) is not None  # as root, 0700
+    shutil.chown(state / "run", "nobody", "nogroup")
+
     result = as_nobody_worker(request(tls, key, state, None), bundle)
     assert result["outcome"] == "not_modified" and result["etag"] == ETAG, result["error"]
