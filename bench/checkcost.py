@@ -308,6 +308,7 @@ def run(n: int = 20, ref: str = REF) -> list[Figure]:
     binary = build("0.1.0", work)
     argvs = {k: worker_argv(py, tree) for k, tree in code.items()}
     log = work / "worker.log"
+    (work / "state").mkdir(mode=0o700, exist_ok=True)  # a resident's state dir exists
     cases = {(scheme, answer): (ctx, ca_) for scheme, ctx, ca_ in (
         ("https, --ca-file", server_ctx, str(ca_file)),
         ("https, a public CA (in certifi's bundle)", server_ctx, None),

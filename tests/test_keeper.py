@@ -213,38 +213,6 @@ def _child_with(lch: Launcher, text: str) -> psutil.Process | None:
     return None
 
 
-def test_a_rollback_killed_after_its_rename_leaves_the_next_launcher_one_agent(
-        server: UpdateServer, launcher: Callable[..., Launcher],
-        build: Callable[[str], Path]) -> None:
-    """An operator's rollback journals and renames while the build it rolls back still
-    serves (the stop comes after, so the time with no agent is the stop and the start
-    alone). The launcher killed right after the rename leaves that agent running; the
-    next launcher stops it, finishes the rollback and runs the restored build, alone."""
-    server.publish("0.1.1", build("0.1.1"))
-    lch = launcher()
-    args = [*fast_args(server, lch), "--seed-binary", str(build("0.1.0")), "--stop-grace", "3"]
-    lch.start(*args, env={"NGINX_MANAGER_FAULT_POINT": "rollback.renamed"})
-    lch.wait_state(lambda s: s.get("phase") == "committed"
-                   and s["current"]["version"] == "0.1.1", what="0.1.1 committed")
-    lch.wait_healthy("0.1.1")
-    serving = lch.state()["child"]["pid"]
-    run_cli("rollback", "--state-dir", str(lch.state_dir))
-    assert lch.proc is not None
-    lch.proc.wait(30)
-    assert psutil.pid_exists(serving), "the rolled-back build still ran at the rename"
-    assert lch.state()["phase"] == "rolling_back"
-    again = launcher(lch.state_dir).start(*args)
-    again.wait_log("outlived the previous launcher")
-    again.wait_healthy("0.1.0")
-    st = again.wait_state(lambda s: s.get("phase") == "committed"
-                          and s["current"]["version"] == "0.1.0", what="rollback finished")
-    assert [b["version"] for b in st["bad"]] == ["0.1.1"]
-    assert not psutil.pid_exists(serving) or \
-        psutil.Process(serving).status() == psutil.STATUS_ZOMBIE
-    assert len(agents(again)) == 1
-    assert again.stop() == 0
-
-
 def test_leftovers_are_looked_for_without_reading_every_process(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An agent's exit used to read every process on the host twice (psutil's children

@@ -8,7 +8,9 @@ canonical encoding, first four bytes little-endian), as ``openssl rehash`` names
 
 The directory is built from the bundle's own bytes by a full check (which has loaded the
 bundle and ``cryptography`` anyway) into ``<state dir>/run/ca/<sha256 of the bundle>``,
-private to the launcher's user, written whole before it is renamed into place. The
+private to the launcher's user (it is not built in a ``run/`` that belongs to another user,
+such as root's ``check`` on the service's state dir, and one that cannot be read is not
+used), written whole before it is renamed into place. The
 no-change check uses it only while the bundle still has that sha256, so it trusts exactly
 the certificates the full check trusts; a new certifi gets a new directory, and the old one
 is removed. A directory that fails to verify a server costs nothing but the fall-back: the
@@ -17,6 +19,7 @@ full check through httpx with the bundle itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -38,9 +41,10 @@ def find(state_dir: str, bundle_path: str) -> str | None:
     try:
         with open(bundle_path, "rb") as f:
             here = Path(state_dir, "run", CA_DIR, key(f.read()))
+        # is_file() raises on EACCES: a directory another user built (root's `check`)
+        return str(here) if (here / "complete").is_file() else None
     except OSError:
         return None
-    return str(here) if (here / "complete").is_file() else None
 
 
 def build(state_dir: str, bundle_path: str) -> Path | None:
@@ -49,14 +53,19 @@ def build(state_dir: str, bundle_path: str) -> Path | None:
     import shutil  # here: the no-change check needs only find()
     import ssl
 
-    root = Path(state_dir, "run", CA_DIR)
+    run = Path(state_dir, "run")
+    root = run / CA_DIR
     temp: Path | None = None
     try:
         bundle = Path(bundle_path).read_bytes()
         target = root / key(bundle)
         if (target / "complete").is_file():
             return target
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(run, 0o700)  # as permissions.private_dir makes it; no state dir made
+        if os.stat(run).st_uid != os.geteuid():
+            return None  # another user's (root running `check` on the service's state dir)
+        root.mkdir(mode=0o700, exist_ok=True)
         temp = root / f".{target.name}.{os.getpid()}.tmp"
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(mode=0o700)
