@@ -24,6 +24,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from launcher.files import fsync_dir
+
 CA_DIR = "ca"  # under <state dir>/run
 # Tags of the string types OpenSSL canonicalises (ASN1_MASK_CANON) and how to read them.
 _TEXT = {0x0C: "utf-8", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1", 0x1A: "latin-1",
@@ -76,9 +78,11 @@ def build(state_dir: str, bundle_path: str) -> Path | None:
             while f"{digest}.{n}" in taken:
                 n += 1
             taken.add(f"{digest}.{n}")
-            (temp / f"{digest}.{n}").write_text(pem)
-        (temp / "complete").write_text(f"{len(taken)}\n")
+            _write_synced(temp / f"{digest}.{n}", pem.encode("ascii"))
+        _write_synced(temp / "complete", f"{len(taken)}\n".encode())
+        fsync_dir(temp)  # a power cut never leaves a "complete" directory of empty files
         os.rename(temp, target)
+        fsync_dir(root)
     except (OSError, ValueError):  # UnicodeDecodeError and malformed DER are ValueErrors
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
@@ -87,6 +91,17 @@ def build(state_dir: str, bundle_path: str) -> Path | None:
         if old.name != target.name:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def certificates(bundle: str) -> list[str]:
