@@ -391,9 +391,15 @@ def test_hardening_holds_in_the_booted_system(host: Host) -> None:
     host.m.run("sh", "-c", "echo x > /tmp/left", pid=main, user=uid)
     assert host.m.run("test", "-e", "/tmp/left", check=False).returncode == 1
 
+    def cmdline(p: psutil.Process) -> list[str]:
+        try:
+            return p.cmdline()
+        except psutil.NoSuchProcess:  # a short-lived helper (an update check) just ended
+            return []
+
     agent = psutil.Process(main).children()
-    agents = [p for p in agent if "run" in p.cmdline() and "--health-addr" in p.cmdline()]
-    assert agents, [p.cmdline() for p in agent]
+    agents = [p for p in agent if "run" in cmdline(p) and "--health-addr" in cmdline(p)]
+    assert agents, [cmdline(p) for p in agent]
     status = Path(f"/proc/{agents[0].pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     assert fields["NoNewPrivs"].strip() == "1"
