@@ -316,7 +316,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     """Download (or copy, or rebuild from a patch) ``binary`` beside ``bin/agent``, verified;
     the temp file's name."""
     from launcher import diskspace, partial, preflight
-    from launcher.sources.base import CarriesBinaries
+    from launcher.sources.base import CarriesBinaries, CarriesPatches
 
     bin_dir = Path(s["state_dir"]) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +334,7 @@ def stage(source: Source, client: httpx.Client, s: dict[str, Any], version: str,
     # holds: a patch gets half of it, the full build what is left (at least the other half).
     deadline = float(s["download_deadline_s"])
     started = time.monotonic()
-    tries_patch = bool(binary.deltas) and (carrier is None or carrier.serves_patches)
+    tries_patch = bool(binary.deltas) and (carrier is None or isinstance(source, CarriesPatches))
     patched = (_via_delta(source, client, s, version, binary, bin_dir, deadline / 2)
                if tries_patch else None)
     left = (max(deadline - (time.monotonic() - started), deadline / 2) if tries_patch
@@ -397,7 +397,7 @@ def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version:
     the installed build, or using it failed: the caller downloads the full build)."""
     from launcher import delta
     from launcher.oneshot import sha256
-    from launcher.sources.base import CarriesBinaries
+    from launcher.sources.base import CarriesPatches
 
     installed = bin_dir / "agent"
     chosen = delta.choose(binary, sha256(installed))
@@ -407,7 +407,7 @@ def _via_delta(source: Source, client: httpx.Client, s: dict[str, Any], version:
         return None
     assert binary.size is not None  # choose() returns a patch only for a sized build
     try:
-        if isinstance(source, CarriesBinaries):
+        if isinstance(source, CarriesPatches):
             patch = source.stage_patch(binary, chosen, s["platform"], bin_dir, s,
                                        version=version, deadline_s=deadline_s,
                                        keep=_release_files(binary))

@@ -49,8 +49,6 @@ class Source(Protocol):
 class CarriesBinaries(Protocol):
     """A source whose builds live in it (an OCI artifact), not at the manifest's URLs."""
 
-    serves_patches: bool  # False: always stage the full build (a local copy)
-
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
                      s: Mapping[str, Any], *, version: str | None = None,
                      deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
@@ -60,6 +58,12 @@ class CarriesBinaries(Protocol):
         ``state_dir/transfer.json`` as ``version``'s, and the partials of ``keep`` (the
         release's other files) are left for the next check."""
         ...
+
+
+@runtime_checkable
+class CarriesPatches(CarriesBinaries, Protocol):
+    """One whose patches are worth using too: a registry, not a copy on local disk (an
+    offline bundle's full build is copied faster than a patch is applied)."""
 
     def stage_patch(self, binary: Binary, delta: Delta, platform: str, dest_dir: Path,
                     s: Mapping[str, Any], *, version: str | None = None,

@@ -22,7 +22,7 @@ from launcher.sources.base import FetchResult, Validators
 from launcher.sources.oci import ArtifactReader
 
 if TYPE_CHECKING:
-    from launcher.manifest import Binary, Delta
+    from launcher.manifest import Binary
 
 logger = logging.getLogger(__name__)
 
@@ -83,23 +83,13 @@ class LayoutSource(ArtifactReader):
     def stage_binary(self, binary: Binary, platform: str, dest_dir: Path,
                      s: Mapping[str, Any], *, version: str | None = None,
                      deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
-        """The build copied from the bundle (its patches are never used: see
-        ``serves_patches``)."""
+        """The build copied from the bundle (its patches are never used: a local copy costs
+        less than a rebuild, see ``base.CarriesPatches``)."""
         from launcher import download
 
         layer = self.binary_layer(binary, platform)
         return download.copy_local(self._path(layer), dest_dir, expected_sha256=binary.sha256,
                                    expected_size=binary.size,
-                                   max_bytes=int(s["max_binary_bytes"]))
-
-    def stage_patch(self, binary: Binary, delta: Delta, platform: str, dest_dir: Path,
-                    s: Mapping[str, Any], *, version: str | None = None,
-                    deadline_s: float | None = None, keep: tuple[str, ...] = ()) -> Path:
-        from launcher import download
-
-        layer = self.patch_layer(binary, delta, platform)
-        return download.copy_local(self._path(layer), dest_dir, expected_sha256=delta.sha256,
-                                   expected_size=delta.size,
                                    max_bytes=int(s["max_binary_bytes"]))
 
 

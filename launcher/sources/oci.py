@@ -67,7 +67,6 @@ class ArtifactReader:
 
     where: str
     release: artifact.Release | None = None
-    serves_patches = False  # a copy on local disk is cheaper than rebuilding from a patch
     _signature_layer: artifact.Descriptor | None = None
     _layers: tuple[str, artifact.PlatformLayers] | None = None  # one platform manifest read
 
@@ -128,8 +127,6 @@ class ArtifactReader:
 
 class OciSource(ArtifactReader):
     """A release in a registry, through its mirrors first."""
-
-    serves_patches = True
 
     def __init__(self, reference: Reference, *, client: httpx.Client,
                  mirrors: tuple[str, ...] = (), credentials: Credentials | None = None,
