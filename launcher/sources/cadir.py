@@ -95,13 +95,10 @@ def build(state_dir: str, bundle_path: str) -> Path | None:
 
 def _write_synced(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "wb") as f:  # a file object writes it all
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def certificates(bundle: str) -> list[str]:
