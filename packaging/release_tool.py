@@ -316,10 +316,13 @@ def _make_deltas(bases: dict[str, dict[str, Path]],
 
     made: dict[tuple[str, str], bytes | None] = {}
     patches: dict[str, list[Patch]] = {p: [] for p in builds}
+    hashed: dict[Path, str] = {}  # a FILE base is every platform's: read it once
     for spec, per_platform in bases.items():
         for platform, (new, sha, size) in builds.items():
             base = per_platform[platform]
-            base_sha = hashlib.sha256(base.read_bytes()).hexdigest()
+            if base not in hashed:
+                hashed[base] = hashlib.sha256(base.read_bytes()).hexdigest()
+            base_sha = hashed[base]
             if base_sha == sha or any(x.base_sha256 == base_sha for x in patches[platform]):
                 continue
             if (base_sha, sha) not in made:
