@@ -89,6 +89,18 @@ BLOCKING = """
 """
 
 
+def blocking_agent_takes_over(lch: Any, server: UpdateServer, port: int,
+                              tmp_path: Path) -> None:
+    """Publish ``BLOCKING`` as 1.1.0: it is committed, serves the port, and found the
+    held socket blocking."""
+    server.publish("1.1.0", python_agent(tmp_path / "blocking", "1.1.0", BLOCKING))
+    wait_until(lambda: committed(lch, "1.1.0") or bad(lch, "1.1.0"), 60, "a verdict on 1.1.0")
+    assert bad(lch, "1.1.0") is None, lch.log()
+    answer = health(port)
+    assert answer is not None and answer["version"] == "1.1.0"
+    assert answer["nonblocking"] is False
+
+
 def test_a_blocking_accept_agent_follows_the_project_agent(
         build: Any, server: UpdateServer, launcher: Any, tmp_path: Path) -> None:
     """The project agent served the held socket first; the next build accepts with a plain
@@ -99,12 +111,7 @@ def test_a_blocking_accept_agent_follows_the_project_agent(
     wait_until(lambda: committed(lch, "1.0.0") and health(port), 40, "1.0.0 up")
     for _ in range(10):
         assert (health(port) or {}).get("version") == "1.0.0"
-    server.publish("1.1.0", python_agent(tmp_path / "blocking", "1.1.0", BLOCKING))
-    wait_until(lambda: committed(lch, "1.1.0") or bad(lch, "1.1.0"), 60, "a verdict on 1.1.0")
-    assert bad(lch, "1.1.0") is None, lch.log()
-    answer = health(port)
-    assert answer is not None and answer["version"] == "1.1.0"
-    assert answer["nonblocking"] is False
+    blocking_agent_takes_over(lch, server, port, tmp_path)
     assert lch.proc is not None  # and the launcher's own socket is still blocking
     held = [c.fd for c in psutil.Process(lch.proc.pid).net_connections(kind="tcp")
             if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
@@ -132,12 +139,7 @@ def test_a_socket_made_non_blocking_by_one_agent_is_handed_on_blocking(
     server.publish("1.0.0", python_agent(tmp_path / "nonblocking", "1.0.0", SETS_NONBLOCKING))
     lch = start(launcher(), server, port, "--ready", "notify")
     wait_until(lambda: committed(lch, "1.0.0") and health(port), 40, "1.0.0 up")
-    server.publish("1.1.0", python_agent(tmp_path / "blocking", "1.1.0", BLOCKING))
-    wait_until(lambda: committed(lch, "1.1.0") or bad(lch, "1.1.0"), 60, "a verdict on 1.1.0")
-    assert bad(lch, "1.1.0") is None, lch.log()
-    answer = health(port)
-    assert answer is not None and answer["version"] == "1.1.0"
-    assert answer["nonblocking"] is False
+    blocking_agent_takes_over(lch, server, port, tmp_path)
     assert "the previous agent made listening socket fd" in lch.log()
 
 
