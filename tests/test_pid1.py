@@ -226,13 +226,16 @@ def test_subreaper_adopts_orphans_when_not_pid1(
     """Without a namespace the launcher registers as child subreaper and reaps orphans."""
     marker = tmp_path / "orphan.pid"
     agent = script_agent(tmp_path / "a", "1.0.0",
-                         f"(sh -c 'echo $$ > {marker}; exec sleep 1' &)\nexec sleep 60")
+                         f"(sh -c 'echo $$ > {marker}; exec sleep 3' &)\nexec sleep 60")
     lch = launcher().start("--seed-binary", str(agent), agent_args=())
     assert lch.proc is not None
+    pid = lch.proc.pid
     wait_until(lambda: marker.exists() and marker.read_text().strip(), 10, "orphan")
     orphan = psutil.Process(int(marker.read_text()))
-    assert orphan.ppid() == lch.proc.pid
-    wait_until(lambda: not psutil.pid_exists(orphan.pid), 5, "orphan reaped")
+    # The marker is written while its subshell still runs: it is orphaned when that exits.
+    wait_until(lambda: orphan.ppid() == pid, 2.5, "the orphan adopted by the launcher")
+    assert orphan.ppid() == pid
+    wait_until(lambda: not psutil.pid_exists(orphan.pid), 10, "orphan reaped")
     assert lch.stop() == 0
 
 
