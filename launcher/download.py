@@ -79,7 +79,7 @@ def download(
     speed_window_s: float = 30.0,
     should_stop: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
     resume: bool = True,
     attempts: int = RESUME_ATTEMPTS,
     progress: Progress | None = None,
@@ -89,11 +89,12 @@ def download(
     """Download ``url`` into a file in ``dest_dir``, verified; return its path.
 
     ``headers`` are sent with every request (a registry's ``Authorization``; httpx drops it
-    on a redirect to another origin). ``progress`` (default: log lines only) is told after
-    every chunk. See the module text for resume; ``keep_partials`` are the sha256s of the
-    same release's other files, whose partials this download leaves alone; ``resume_as``
-    names the file for resuming instead of ``url`` (an OCI blob's digest: any host serving
-    it continues the same partial).
+    on a redirect to another origin); a callable is asked again before each request, so a
+    resumption an hour into a slow download carries a token that is still good.
+    ``progress`` (default: log lines only) is told after every chunk. See the module text
+    for resume; ``keep_partials`` are the sha256s of the same release's other files, whose
+    partials this download leaves alone; ``resume_as`` names the file for resuming instead
+    of ``url`` (an OCI blob's digest: any host serving it continues the same partial).
 
     Raises DownloadError (too large, truncated, too slow, past the deadline, cancelled),
     ChecksumError, TransportError (non-2xx, connection and protocol errors; InsecureError
@@ -113,7 +114,7 @@ def download(
         speed_window_s=speed_window_s,
         should_stop=should_stop,
         clock=clock,
-        headers=dict(headers or {}),
+        headers=headers if callable(headers) else lambda: headers or {},
         progress=progress or Progress(url, expected_size, clock=clock),
     )
     if resume:
@@ -288,7 +289,7 @@ class _Transfer:
         speed_window_s: float,
         should_stop: Callable[[], bool],
         clock: Callable[[], float],
-        headers: dict[str, str],
+        headers: Callable[[], Mapping[str, str]],
         progress: Progress,
     ) -> None:
         self.url = url
@@ -320,7 +321,7 @@ class _Transfer:
         timeout = self._capped_timeout(client.timeout)
         announced: int | None = None
         in_body = False
-        headers = dict(self.headers)
+        headers = dict(self.headers())
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if if_range := validators.if_range():

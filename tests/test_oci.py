@@ -636,3 +636,41 @@ def test_the_full_build_after_a_slow_patch_asks_for_a_fresh_token(
                                     registry_credentials=str(own)), client)
     assert result.outcome == "staged", result
     assert (state / "bin" / str(result.file)).read_bytes() == new.read_bytes()
+
+
+def test_a_resumption_after_the_token_expired_asks_for_a_new_one(
+        ca: Any, key: Key, ca_file: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A slow link: the build's blob is still arriving when the registry token it started
+    with expires, and then the connection is cut. The Range request that continues it must
+    carry a fresh token; with the first one the registry answers 401 and the check fails."""
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "registry").mkdir()
+    with TokenServer(ca, tmp_path / "tokens", users={USER: PASSWORD}) as tokens, \
+            RegistryProcess(tmp_path / "registry", ca, auth=tokens.auth_config()) as registry, \
+            CuttingRelay(registry.host, cuts=[300_000]) as relay:
+        big = sleeper(tmp_path, "0.1.1", pad=1 << 20)
+        push("0.1.1", big, key, docker_config(tmp_path / "push.json", registry.host, USER,
+                                              PASSWORD), ca_file,
+             f"oci://{registry.host}/slow/resume:stable")
+        tokens.lifetime_s = 3  # tokens from now on are usable for 3 s (expires_in 3)
+        blob = "/blobs/sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
+        ranges: list[str | None] = []
+
+        def slow_start(response: httpx.Response) -> None:
+            if response.request.url.path.endswith(blob):
+                ranges.append(response.request.headers.get("range"))
+                if response.is_success and len(ranges) == 1:
+                    time.sleep(5)  # the body starts after the token's life
+
+        own = docker_config(tmp_path / "config.json", relay.host, USER, PASSWORD)
+        with make_client(ca_file=str(ca_file)) as client, \
+                caplog.at_level(logging.INFO, logger="launcher"):
+            client.event_hooks["response"].append(slow_start)
+            result = stage(settings(f"oci://{relay.host}/slow/resume:stable", tmp_path,
+                                    ca_file, key, registry_credentials=str(own)), client)
+    assert result.outcome == "staged", result
+    assert relay.cuts == [], "the cut happened"
+    assert (tmp_path / "state" / "bin" / str(result.file)).read_bytes() == big.read_bytes()
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1] is not None, ranges
+    assert re.search(r"resumed at byte \d+", caplog.text)

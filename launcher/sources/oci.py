@@ -251,7 +251,7 @@ class OciSource(ArtifactReader):
                 max_bytes=int(s["max_binary_bytes"]),
                 deadline_s=max(deadline - (time.monotonic() - start), 0.001),
                 min_speed_bps=float(s["min_speed_bps"]),
-                headers=host.registry.prepare(host.scope), keep_partials=keep,
+                headers=lambda: host.registry.prepare(host.scope), keep_partials=keep,
                 resume_as=artifact.BLOB_URL_PREFIX + layer.digest,  # the same on every host
                 progress=Progress(redact(url), size,
                                   file=Path(s["state_dir"]) / TRANSFER_FILE, extra=extra))
