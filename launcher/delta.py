@@ -5,7 +5,8 @@ frame compressed with the whole old build as a raw-content dictionary (what ``zs
 --patch-from=OLD`` writes, per segment); chosen by measurement over bsdiff4 on real releases
 (docs/PERFORMANCE.md, ``bench/delta.py``): patches about as small, and applying one streams,
 so memory stays at the old build plus one segment (bsdiff4 holds the old build, the new one
-and the patch's decompressed blocks at once). zstandard is imported only here, in the worker.
+and the patch's decompressed blocks at once). zstandard is imported only here, in the worker,
+through its cffi backend (:func:`_zstd`).
 
 A patch is used (:func:`choose`) only when the installed build's sha256 is its
 ``from_sha256``, its format is known, and it is smaller than the build. :func:`apply_patch`
@@ -19,11 +20,12 @@ failure is a LauncherError; the worker then downloads the full build.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from launcher.errors import ChecksumError, DownloadError, HostError
 from launcher.files import set_mode
@@ -60,10 +62,25 @@ def window_cap(base_size: int, size: int) -> int:
     return 1 << max(10, (base_size + size).bit_length())
 
 
+def _zstd() -> Any:
+    """python-zstandard's cffi backend (cffi comes with cryptography): its dictionary refers
+    to the bytes it is given, where the C backend copies them, so the old build is in memory
+    once rather than twice (bench/delta.py). The C backend if cffi cannot be loaded."""
+    try:
+        backend = importlib.import_module("zstandard.backend_cffi")
+    except ImportError:
+        import zstandard
+
+        log.warning("zstandard's cffi backend is not available: applying a patch holds the "
+                    "installed build in memory twice")
+        return zstandard
+    return backend
+
+
 def apply_patch(base: Path, patch: Path, dest_dir: Path, *, expected_sha256: str,
                 expected_size: int) -> Path:
     """Rebuild from ``base`` and ``patch`` into a new temp file in ``dest_dir``; its path."""
-    import zstandard
+    zstandard = _zstd()
 
     try:
         base_size = base.stat().st_size

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,25 @@ def test_apply_rebuilds_the_new_build(builds: tuple[Path, Path], tmp_path: Path)
     out = delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(new.read_bytes()),
                             expected_size=new.stat().st_size)
     assert out.read_bytes() == new.read_bytes() and out.stat().st_mode & 0o111
+
+
+def test_apply_uses_the_cffi_backend_and_falls_back_to_the_c_one(
+        builds: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The cffi backend refers to the installed build's bytes where the C backend copies
+    them (bench/delta.py measures the memory): it is the one used. Without it a patch still
+    applies, with a warning that it costs the build's size again."""
+    assert delta._zstd().__name__ == "zstandard.backend_cffi"
+    old, new = builds
+    patch = tmp_path / "p.zst"
+    patch.write_bytes(make_patch(old, new))
+    monkeypatch.setitem(sys.modules, "zstandard.backend_cffi", None)  # import fails
+    assert delta._zstd() is zstandard
+    with caplog.at_level(logging.WARNING, logger="launcher.delta"):
+        out = delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(new.read_bytes()),
+                                expected_size=new.stat().st_size)
+    assert out.read_bytes() == new.read_bytes()
+    assert "cffi backend is not available" in caplog.text
 
 
 def test_apply_refuses_what_does_not_rebuild_the_signed_build(builds: tuple[Path, Path],
