@@ -2,8 +2,9 @@
 
 The binaries are real native executables of consecutive releases, fetched once through the
 package registries' own clients and cached in ``$BENCH_CACHE`` (default ~/.cache/nma-bench):
-esbuild (Go) from npm's ``@esbuild/linux-x64`` packages, ruff (Rust) from PyPI's manylinux
-wheels. Pairs: a patch release and a minor release of each.
+esbuild (Go) from npm's ``@esbuild/linux-x64`` packages, ruff (Rust, with its symbol table)
+from PyPI's manylinux wheels, biome (Rust, stripped) from npm's ``@biomejs/cli-linux-x64``.
+Pairs: a patch release and a minor release of esbuild and ruff, a bug-fix release of biome.
 
 Per pair: the full build's size; the ``zstd-patch`` the release tool publishes
 (``packaging/release_deltas.make_patch``, level 19 + long matching) and, as the reference
@@ -42,7 +43,12 @@ PAIRS = [
     ("esbuild", "0.23.1", "0.24.0", "minor"),
     ("ruff", "0.6.8", "0.6.9", "patch"),
     ("ruff", "0.5.7", "0.6.0", "minor"),
+    ("biome", "1.9.3", "1.9.4", "patch"),
 ]
+NPM = {  # program: (package, the executable inside its tarball)
+    "esbuild": ("@esbuild/linux-x64", "package/bin/esbuild"),
+    "biome": ("@biomejs/cli-linux-x64", "package/biome"),
+}
 TARGET = {"patch": 5.0, "minor": 25.0}
 
 CHILD = r"""
@@ -72,14 +78,16 @@ def binary(program: str, version: str) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    if program == "esbuild":
-        pack = CACHE / "npm" / f"esbuild-linux-x64-{version}.tgz"
+    if program in NPM:
+        package, inside = NPM[program]
+        tarball = package.lstrip("@").replace("/", "-")  # what npm pack names it
+        pack = CACHE / "npm" / f"{tarball}-{version}.tgz"
         if not pack.exists():
             pack.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["npm", "pack", "--silent", f"@esbuild/linux-x64@{version}"],
+            subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"],
                            cwd=pack.parent, check=True, stdout=subprocess.DEVNULL)
         with tarfile.open(pack) as tar:
-            member = tar.extractfile("package/bin/esbuild")
+            member = tar.extractfile(inside)
             assert member is not None
             data = member.read()
     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet", "delta",
+BENCHES = ("idle", "update", "download", "poll", "coldstart", "fleet", "delta", "delta_floor",
            "fleet_delta", "resume", "metrics", "handover")
 
 
