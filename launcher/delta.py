@@ -1,18 +1,19 @@
 """Delta updates: rebuild the new build from the installed one and a small signed patch.
 
-The format, ``zstd-patch``, is the new build in 4 MiB segments (``SEGMENT``), each a zstd
-frame compressed with the whole old build as a raw-content dictionary (what ``zstd
---patch-from=OLD`` writes, per segment); chosen by measurement over bsdiff4 on real releases
-(docs/PERFORMANCE.md, ``bench/delta.py``): patches about as small, and applying one streams,
-so memory stays at the old build plus one segment (bsdiff4 holds the old build, the new one
-and the patch's decompressed blocks at once). zstandard is imported only here, in the worker,
+The format, ``zstd-patch``, is the new build in segments of at most 4 MiB (``SEGMENT``;
+the release tool makes them a quarter of the build), each a zstd frame compressed with the
+whole old build as a raw-content dictionary (what ``zstd --patch-from=OLD`` writes, per
+segment); chosen by measurement over bsdiff4 on real releases (docs/PERFORMANCE.md,
+``bench/delta.py``): patches about as small, and applying one streams, so memory stays at
+the old build plus one segment (bsdiff4 holds the old build, the new one and the patch's
+decompressed blocks at once). zstandard is imported only here, in the worker,
 through its cffi backend (:func:`_zstd`).
 
 A patch is used (:func:`choose`) only when the installed build's sha256 is its
 ``from_sha256``, its format is known, and it is smaller than the build. :func:`apply_patch`
 rebuilds into a temp file beside the target and checks, before decoding, that the first
-frame announces exactly one segment (or the whole build, if smaller); the decoder refuses a
-window larger than the old build and one segment; while decoding, the output is capped at
+frame announces at most one segment (and no more than the build); the decoder refuses a
+window larger than the old build and that frame; while decoding, the output is capped at
 the signed size and hashed; at the end size and sha256 must be the signed ones. Every
 failure is a LauncherError; the worker then downloads the full build.
 """
@@ -41,7 +42,7 @@ FORMAT = "zstd-patch"
 TEMP_PREFIX = ".agent.delta-"
 MAX_BASE_RATIO = 1.5  # a base this much bigger than the build costs too much memory
 _CHUNK = 1 << 16
-SEGMENT = 4 << 20  # the new build's bytes per frame (packaging/release_deltas.py)
+SEGMENT = 4 << 20  # the most of the new build's bytes per frame (packaging/release_deltas.py)
 _FRAME_HEADER_MAX = 18  # ZSTD_FRAMEHEADERSIZE_MAX
 
 
@@ -94,10 +95,11 @@ def apply_patch(base: Path, patch: Path, dest_dir: Path, *, expected_sha256: str
             frame = zstandard.get_frame_parameters(head)
         except zstandard.ZstdError as exc:
             raise DownloadError(f"patch {patch.name} is not a zstd frame: {exc}") from exc
-        first = min(expected_size, SEGMENT)
-        if frame.content_size != first:
-            raise DownloadError(f"patch rebuilds {frame.content_size} bytes in its first "
-                                f"frame, not {first} (a build of {expected_size})")
+        first = frame.content_size
+        bound = min(expected_size, SEGMENT)
+        if not (0 < first <= bound or first == expected_size == 0):
+            raise DownloadError(f"patch rebuilds {first} bytes in its first frame, not 1 to "
+                                f"{bound} (a build of {expected_size})")
         cap = window_cap(base_size, first)
         if frame.window_size > cap:
             raise DownloadError(f"patch asks for a {frame.window_size} byte window (at most "

@@ -86,7 +86,8 @@ def test_apply_refuses_what_does_not_rebuild_the_signed_build(builds: tuple[Path
         (b"not a zstd frame at all", old, len(data), DownloadError, "not a zstd frame"),
         (good[: len(good) // 2], old, len(data), DownloadError,
          "not a zstd frame|cannot be applied|rebuilds"),
-        (good, old, len(data) + 1, DownloadError, "patch rebuilds"),
+        (good, old, len(data) + 1, DownloadError,
+         f"rebuilds {len(data)} bytes, not {len(data) + 1}"),
         (good, other, len(data), ChecksumError, "has sha256"),  # another base
         (zstandard.ZstdCompressor(level=1).compress(data), old, len(data) - 1, DownloadError,
          "patch rebuilds"),
@@ -240,10 +241,29 @@ def test_a_build_of_several_segments_rebuilds(builds: tuple[Path, Path], tmp_pat
     out = delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
                             expected_size=len(data))
     assert out.read_bytes() == data
-    monkeypatch.setattr(delta, "SEGMENT", 32 << 10)  # a launcher expecting other segments
+    monkeypatch.setattr(delta, "SEGMENT", 8 << 10)  # a launcher holding less than a segment
     with pytest.raises(DownloadError, match="first frame"):
         delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
                           expected_size=len(data))
+
+
+def test_segments_are_a_quarter_of_the_build_from_64_kib_to_4_mib(tmp_path: Path) -> None:
+    """The decoder holds one segment beside the old build: a quarter of the build keeps a
+    3 MB build's patch within twice its size, and big builds keep 4 MiB frames."""
+    import release_deltas
+
+    assert [release_deltas.segment_size(n) for n in (1000, 1 << 20, 3 << 20, 64 << 20)] == \
+        [64 << 10, 256 << 10, 768 << 10, 4 << 20]
+    old, new = (sleeper(tmp_path / d, v, 3 << 20) for d, v in (("old", "0.1.0"),
+                                                              ("new", "0.2.0")))
+    data = new.read_bytes()
+    patch = tmp_path / "p.zst"
+    patch.write_bytes(make_patch(old, new))
+    frame = zstandard.get_frame_parameters(patch.read_bytes()[:18])
+    assert frame.content_size == len(data) // 4
+    out = delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
+                            expected_size=len(data))
+    assert out.read_bytes() == data
 
 
 def test_a_slow_patch_leaves_the_full_download_its_share_of_the_deadline(
