@@ -3,8 +3,9 @@
 The binaries are real native executables of consecutive releases, fetched once through the
 package registries' own clients and cached in ``$BENCH_CACHE`` (default ~/.cache/nma-bench):
 esbuild (Go) from npm's ``@esbuild/linux-x64`` packages, ruff (Rust, with its symbol table)
-from PyPI's manylinux wheels, biome (Rust, stripped) from npm's ``@biomejs/cli-linux-x64``.
-Pairs: a patch release and a minor release of esbuild and ruff, a bug-fix release of biome.
+from PyPI's manylinux wheels, biome (Rust, stripped) from npm's ``@biomejs/cli-linux-x64``,
+clang-format (C++, LLVM's) from PyPI's ``clang-format`` wheels. Pairs: a patch release and a
+minor release of esbuild and ruff, a bug-fix release of biome and of clang-format.
 
 Per pair: the full build's size; the ``zstd-patch`` the release tool publishes
 (``packaging/release_deltas.make_patch``, level 19 + long matching) and, as the reference
@@ -44,10 +45,15 @@ PAIRS = [
     ("ruff", "0.6.8", "0.6.9", "patch"),
     ("ruff", "0.5.7", "0.6.0", "minor"),
     ("biome", "1.9.3", "1.9.4", "patch"),
+    ("clang-format", "18.1.7", "18.1.8", "patch"),
 ]
 NPM = {  # program: (package, the executable inside its tarball)
     "esbuild": ("@esbuild/linux-x64", "package/bin/esbuild"),
     "biome": ("@biomejs/cli-linux-x64", "package/biome"),
+}
+PYPI = {  # program: (the wheel's file name prefix, the executable's path's end inside it)
+    "ruff": ("ruff", "/scripts/ruff"),
+    "clang-format": ("clang_format", "/bin/clang-format"),
 }
 TARGET = {"patch": 5.0, "minor": 25.0}
 
@@ -91,16 +97,17 @@ def binary(program: str, version: str) -> Path:
             assert member is not None
             data = member.read()
     else:
+        prefix, inside = PYPI[program]
         wheels = CACHE / "wheels"
-        found = sorted(wheels.glob(f"{program}-{version}-*manylinux*x86_64*.whl"))
+        found = sorted(wheels.glob(f"{prefix}-{version}-*manylinux*x86_64*.whl"))
         if not found:
             subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                             "--only-binary=:all:", "--platform", "manylinux_2_17_x86_64",
                             "--python-version", "3.11", "-d", str(wheels),
                             f"{program}=={version}"], check=True)
-            found = sorted(wheels.glob(f"{program}-{version}-*manylinux*x86_64*.whl"))
+            found = sorted(wheels.glob(f"{prefix}-{version}-*manylinux*x86_64*.whl"))
         with zipfile.ZipFile(found[0]) as whl:
-            name = next(n for n in whl.namelist() if n.endswith(f"/scripts/{program}"))
+            name = next(n for n in whl.namelist() if n.endswith(inside))
             data = whl.read(name)
     out.write_bytes(data)
     out.chmod(0o755)
