@@ -35,6 +35,7 @@ RUST = ("ruff", "biome")
 TARGET = 5.0  # percent, a patch release (bench/delta.py)
 SHF_EXECINSTR = 0x4
 SHT_PROGBITS = 1
+EM_X86_64 = 62
 # The opcode scan of Courgette/Zucchini-style finders, left to right, never overlapping:
 # call/jmp rel32; jcc rel32; mov/lea/cmp/add/sub/xor/or/and/test/xchg/movsxd with a
 # RIP-relative ModRM (mod 00, rm 101); call/jmp through [rip + disp32].
@@ -48,10 +49,14 @@ _REFERENCE = re.compile(
 
 def code_sections(data: bytes) -> list[tuple[int, int]]:
     """(file offset, size) of an x86-64 ELF's executable PROGBITS sections."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if data[:4] != b"\x7fELF" or data[4:6] != b"\x02\x01":
         raise ValueError("not a little-endian ELF64 file")
+    if struct.unpack_from("<H", data, 0x12)[0] != EM_X86_64:
+        raise ValueError("not an x86-64 build: the opcode scan would be meaningless")
     (shoff,) = struct.unpack_from("<Q", data, 0x28)
     entsize, count = struct.unpack_from("<HH", data, 0x3A)
+    if not shoff or not count:  # stripped of section headers (or > 0xff00 of them)
+        raise ValueError("no section headers: the code cannot be found")
     found = []
     for i in range(count):
         _, kind, flags, _, offset, size = struct.unpack_from("<IIQQQQ", data,
