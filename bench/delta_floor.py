@@ -1,4 +1,4 @@
-"""Why the Rust patch releases miss 5%: what any diff of the code could save, at best.
+"""Why the Rust patch releases miss 5%: an estimate of what a diff of the code could save.
 
 For each Rust pair of ``bench/delta.py``, two more patches are made with the release tool's
 own ``make_patch``, from copies of both builds changed the same way:
@@ -7,14 +7,16 @@ own ``make_patch``, from copies of both builds changed the same way:
   call and jump (``e8``, ``e9``, ``0f 8x``), RIP-relative load/store/lea and indirect call
   through memory is zeroed. Those operands are what shifts when a relinked build moves its
   functions and data; an executable-aware diff (Courgette, Zucchini) predicts them from the
-  old build. Blanking them is what a *perfect* prediction would achieve for the code: no such
-  diff gets below this figure. The scan is the simple opcode scan those tools start from,
-  so it also blanks some bytes that are not operands: the floor is, if anything, too low.
+  old build. Blanking them estimates what predicting the code's references would leave with
+  this format. It is not a lower bound: the scan is the simple opcode scan those tools start
+  from, so it blanks some bytes that are not operands and misses some operands (two-byte
+  opcodes, matches swallowed by a false one), and references outside the code (relocations,
+  pointers in ``.data.rel.ro``) stay; a diff that predicts those too can get below it.
 - **code blanked**: every executable section zeroed in both builds, so the patch carries only
   the rest (read-only data, unwind tables, relocations, symbols): the part no code diff
   touches.
 
-Both are lossy and never published; they bound what is possible. Cached beside the other
+Both are lossy and never published; they estimate what is possible. Cached beside the other
 patches in ``$BENCH_CACHE``. About 6 minutes per pair the first time (level 19).
 
     .venv/bin/python bench/delta_floor.py
@@ -35,6 +37,7 @@ RUST = ("ruff", "biome")
 TARGET = 5.0  # percent, a patch release (bench/delta.py)
 SHF_EXECINSTR = 0x4
 SHT_PROGBITS = 1
+EM_X86_64 = 62
 # The opcode scan of Courgette/Zucchini-style finders, left to right, never overlapping:
 # call/jmp rel32; jcc rel32; mov/lea/cmp/add/sub/xor/or/and/test/xchg/movsxd with a
 # RIP-relative ModRM (mod 00, rm 101); call/jmp through [rip + disp32].
@@ -48,10 +51,14 @@ _REFERENCE = re.compile(
 
 def code_sections(data: bytes) -> list[tuple[int, int]]:
     """(file offset, size) of an x86-64 ELF's executable PROGBITS sections."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if data[:4] != b"\x7fELF" or data[4:6] != b"\x02\x01":
         raise ValueError("not a little-endian ELF64 file")
+    if struct.unpack_from("<H", data, 0x12)[0] != EM_X86_64:
+        raise ValueError("not an x86-64 build: the opcode scan would be meaningless")
     (shoff,) = struct.unpack_from("<Q", data, 0x28)
     entsize, count = struct.unpack_from("<HH", data, 0x3A)
+    if not shoff or not count:  # stripped of section headers (or > 0xff00 of them)
+        raise ValueError("no section headers: the code cannot be found")
     found = []
     for i in range(count):
         _, kind, flags, _, offset, size = struct.unpack_from("<IIQQQQ", data,
@@ -117,8 +124,8 @@ def run() -> list[Figure]:
             f"{refs / 1e6:.2f} MB = {pct['refs']:.1f}% of {full / 1e6:.1f} MB",
             f"the patch {patch / 1e6:.2f} MB ({pct['patch']:.1f}%)", f"<= {TARGET:g}%",
             pct["refs"] <= TARGET,
-            note=f"{operands} operands blanked in {code / 1e6:.1f} MB of code: what is left "
-                 "when every code reference is predicted perfectly"))
+            note=f"{operands} 4-byte fields blanked in {code / 1e6:.1f} MB of code: an "
+                 "estimate of what is left when the code's references are predicted"))
         figs.append(Figure(
             f"delta floor {program} {a} -> {b}: all but the code",
             f"{rest / 1e6:.2f} MB = {pct['rest']:.1f}%", "", "report", None,

@@ -321,7 +321,9 @@ class _Transfer:
         timeout = self._capped_timeout(client.timeout)
         announced: int | None = None
         in_body = False
-        headers = dict(self.headers())
+        # Asking for the headers may take a round trip (a registry token): within the deadline.
+        with Alarm(self.deadline_s + ALARM_GRACE_S - (self.clock() - self.start), self._late):
+            headers = dict(self.headers())
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if if_range := validators.if_range():

@@ -116,6 +116,25 @@ def test_apply_refuses_a_window_beyond_its_memory_bound(builds: tuple[Path, Path
                           expected_size=len(data))
 
 
+
+def test_the_decoder_itself_refuses_a_later_frame_beyond_the_window(
+        builds: tuple[Path, Path], tmp_path: Path) -> None:
+    """Only the first frame's header is read before decoding: a skippable frame there passes
+    that check, and the next frame (no content size, a 128 MiB window) must be refused by
+    the decoder's own limit, in the backend the launcher uses."""
+    old, new = builds
+    data = new.read_bytes()
+    params = zstandard.ZstdCompressionParameters.from_level(1, write_content_size=False)
+    frame = bytearray(zstandard.ZstdCompressor(compression_params=params).compress(data))
+    assert frame[4] == 0  # no content size, not single-segment: a window byte follows
+    frame[5] = 17 << 3  # window 2^(10+17)
+    skippable = b"\x50\x2a\x4d\x18" + len(data).to_bytes(4, "little") + bytes(len(data))
+    patch = tmp_path / "p.zst"
+    patch.write_bytes(skippable + bytes(frame))
+    with pytest.raises(DownloadError, match="too much memory"):
+        delta.apply_patch(old, patch, tmp_path, expected_sha256=sha(data),
+                          expected_size=len(data))
+
 class Release:
     """A manifest with one delta, served by a real loopback server."""
 

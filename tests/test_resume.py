@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -222,3 +223,25 @@ def test_a_complete_partial_is_used_without_a_request(server: RangeServer,
     path = fetch(client, server, tmp_path)
     assert path.read_bytes() == DATA and len(server.requests) == 1
 
+
+
+def test_headers_asked_for_a_resumption_are_held_to_the_deadline(server: RangeServer,
+                                                                 client: httpx.Client,
+                                                                 tmp_path: Path) -> None:
+    """A header callable (a registry's token, asked again before each request) that hangs
+    on the resumption, like a token server that does not answer: the download still ends at
+    its deadline, with what it received kept for the next call."""
+    server.cuts = [CUT]
+    asked: list[str] = []
+
+    def headers() -> dict[str, str]:
+        asked.append("asked")
+        if len(asked) > 1:
+            time.sleep(30)
+            asked.append("answered")
+        return {}
+
+    with pytest.raises(DownloadError, match="exceeded its deadline"):
+        fetch(client, server, tmp_path, headers=headers, deadline_s=2)
+    assert asked == ["asked", "asked"], "the hanging call was not cut at the deadline"
+    assert (tmp_path / partial.name_for(SHA)).stat().st_size == CUT
