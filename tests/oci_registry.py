@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import shutil
 import socket
 import ssl
@@ -110,8 +111,11 @@ class TokenServer:
         der = self.cert.public_bytes(serialization.Encoding.DER)
         header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
         now = int(time.time())
+        # exp rounded up, so the token lives at least expires_in (the launcher drops it at
+        # 90% of that): rounded down, a 3 s token could be refused up to 1 s early.
         claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE,
-                  "exp": now + self.lifetime_s - LEEWAY_S, "nbf": now - 10, "iat": now,
+                  "exp": math.ceil(time.time()) + self.lifetime_s - LEEWAY_S,
+                  "nbf": now - 10, "iat": now,
                   "jti": f"{now}-{id(access)}", "access": access}
         signing_input = (_b64url(json.dumps(header).encode()) + "." +
                          _b64url(json.dumps(claims).encode()))
