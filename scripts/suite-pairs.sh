@@ -6,6 +6,7 @@ set -uo pipefail
 n=${1:-5}
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d /tmp/suite-pairs.XXXXXX)"
+chmod 755 "$work"  # tests that act as another user (nobody) read the clones
 OUT=${OUT:-$work}
 for side in a b; do git clone -q "$repo" "$work/$side"; done
 run_side() {

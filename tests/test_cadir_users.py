@@ -38,6 +38,13 @@ def shared() -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("setpriv") is None \
             or shutil.which("python3", path="/usr/bin") is None:
         unavailable("root, setpriv and /usr/bin/python3 are needed to act as another user")
+    site = sysconfig.get_paths()["purelib"]
+    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            "test", "-r", str(ROOT / "launcher" / "__init__.py"), "-a", "-r",
+                            str(Path(site) / "certifi" / "__init__.py")], check=False)
+    if probe.returncode != 0:
+        unavailable(f"nobody cannot read the checkout {ROOT} or its venv: a parent directory "
+                    "is closed to other users (mktemp -d makes 0700 ones)")
     path = Path("/var/tmp") / f"nma-cadir-{uuid.uuid4().hex[:8]}"
     path.mkdir(mode=0o755)
     yield path
