@@ -111,12 +111,13 @@ def run() -> list[Figure]:
         if program not in RUST or kind != "patch":
             continue
         old, new = binary(program, a), binary(program, b)
-        full = new.stat().st_size
-        code = sum(size for _, size in code_sections(new.read_bytes()))
+        data = new.read_bytes()
+        full = len(data)
+        code = sum(size for _, size in code_sections(data))
+        _, operands = blank_references(data)
         patch = cached_patch(old, new, "zst")[0].stat().st_size
         refs = floor_patch(old, new, "refs")
         rest = floor_patch(old, new, "code")
-        _, operands = blank_references(new.read_bytes())
         pct = {name: 100 * size / full for name, size in
                (("patch", patch), ("refs", refs), ("rest", rest))}
         figs.append(Figure(
