@@ -110,11 +110,12 @@ class TokenServer:
     def token(self, subject: str, access: list[dict[str, Any]]) -> str:
         der = self.cert.public_bytes(serialization.Encoding.DER)
         header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
-        now = int(time.time())
+        issued = time.time()
+        now = int(issued)
         # exp rounded up, so the token lives at least expires_in (the launcher drops it at
         # 90% of that): rounded down, a 3 s token could be refused up to 1 s early.
         claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE,
-                  "exp": math.ceil(time.time()) + self.lifetime_s - LEEWAY_S,
+                  "exp": math.ceil(issued) + self.lifetime_s - LEEWAY_S,
                   "nbf": now - 10, "iat": now,
                   "jti": f"{now}-{id(access)}", "access": access}
         signing_input = (_b64url(json.dumps(header).encode()) + "." +
