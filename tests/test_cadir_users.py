@@ -32,19 +32,38 @@ def tls(ca: trustme.CA) -> Iterator[ReleaseServer]:
         yield server
 
 
+PYTHON = "/usr/bin/python3"  # nobody's interpreter: the venv's may sit in root's home
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def worker_imports() -> str:
+    """Code that imports the worker from this checkout and venv, as nobody runs it."""
+    site = sysconfig.get_paths()["purelib"]  # this venv's packages: httpx, cryptography...
+    return (f"import sys;sys.path[:0]=[{str(ROOT)!r},{site!r}];"
+            "import certifi;from launcher.sources import revalidate;from launcher import worker")
+
+
+def cannot_run_worker(python: str = PYTHON) -> str | None:
+    """Why ``nobody`` cannot import the worker with ``python``, or None: the very imports
+    :func:`as_nobody_worker` runs, so a parent directory closed to other users, an
+    interpreter older than the launcher needs or a missing user are named in its words."""
+    out = subprocess.run([*NOBODY, python, "-I", "-c", worker_imports()], capture_output=True,
+                         text=True, timeout=60, check=False, cwd="/")
+    if out.returncode == 0:
+        return None
+    said = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+    return (f"nobody cannot import the worker with {python} from {ROOT} and its venv: {said} "
+            "(a parent directory closed to other users, as mktemp -d makes? an interpreter "
+            "older than the launcher needs?)")
+
+
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A directory ``nobody`` can reach (pytest's temp dirs are root's alone)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None \
-            or shutil.which("python3", path="/usr/bin") is None:
-        unavailable("root, setpriv and /usr/bin/python3 are needed to act as another user")
-    site = sysconfig.get_paths()["purelib"]
-    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                            "test", "-r", str(ROOT / "launcher" / "__init__.py"), "-a", "-r",
-                            str(Path(site) / "certifi" / "__init__.py")], check=False)
-    if probe.returncode != 0:
-        unavailable(f"nobody cannot read the checkout {ROOT} or its venv: a parent directory "
-                    "is closed to other users (mktemp -d makes 0700 ones)")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or not Path(PYTHON).exists():
+        unavailable(f"root, setpriv and {PYTHON} are needed to act as another user")
+    if reason := cannot_run_worker():
+        unavailable(reason)
     path = Path("/var/tmp") / f"nma-cadir-{uuid.uuid4().hex[:8]}"
     path.mkdir(mode=0o755)
     yield path
@@ -54,14 +73,9 @@ def shared() -> Iterator[Path]:
 def as_nobody_worker(req: dict[str, object], bundle: Path) -> dict[str, object]:
     """``launcher.worker``'s main as the service's user (``nobody``) would run it, with
     ``bundle`` standing for certifi's; its result line."""
-    site = sysconfig.get_paths()["purelib"]  # this venv's packages: httpx, cryptography...
-    code = (f"import sys;sys.path[:0]=[{str(ROOT)!r},{site!r}];"
-            "import certifi;from launcher.sources import revalidate;"
-            f"certifi.where=lambda:{str(bundle)!r};"
-            f"revalidate.certifi_bundle=lambda:{str(bundle)!r};"
-            "from launcher import worker;worker.main()")
-    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                          "/usr/bin/python3", "-I", "-c", code], input=json.dumps(req),
+    code = (worker_imports() + f";certifi.where=lambda:{str(bundle)!r};"
+            f"revalidate.certifi_bundle=lambda:{str(bundle)!r};worker.main()")
+    out = subprocess.run([*NOBODY, PYTHON, "-I", "-c", code], input=json.dumps(req),
                          text=True, capture_output=True, timeout=60, check=False, cwd="/")
     assert out.stdout.strip(), out.stderr
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -116,3 +130,15 @@ def test_a_directory_the_service_cannot_enter_is_not_used_and_breaks_nothing(
 
     result = as_nobody_worker(request(tls, key, state, None), bundle)
     assert result["outcome"] == "not_modified" and result["etag"] == ETAG, result["error"]
+
+
+def test_the_probe_runs_what_the_tests_run_and_says_what_stops_it(shared: Path) -> None:
+    """The fixture's probe imports the worker as nobody with the interpreter the tests use:
+    one that cannot (Ubuntu 22.04's python3 is 3.10, older than the launcher needs) is
+    named with its own error, not mistaken for a closed directory nor left to fail later."""
+    old = shared / "python3.10"
+    old.write_text("#!/bin/sh\necho \"ImportError: cannot import name 'UTC' from "
+                   "'datetime'\" >&2\nexit 1\n")
+    old.chmod(0o755)
+    reason = cannot_run_worker(str(old))
+    assert reason is not None and str(old) in reason and "cannot import name 'UTC'" in reason
